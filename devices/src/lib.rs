@@ -1,0 +1,4 @@
+//! Arbiter's device models: PC platform and legacy devices, PCI, the virtio
+//! PCI transport and the virtio-scsi controller. Devices see guest memory
+//! through vm-memory and raise interrupts through small traits; KVM itself
+//! stays in the `vmm` crate.

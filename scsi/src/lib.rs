@@ -1,0 +1,16 @@
+//! Arbiter's SCSI target.
+//!
+//! This crate knows nothing about virtio or KVM: a transport (the virtio-scsi
+//! controller, a test, a fuzzer) hands it commands that arrive on an I_T
+//! nexus for a LUN, with a CDB, a data-out source and a data-in sink, and gets
+//! back a status, sense data and the amount of data transferred.
+//!
+//! SCSI-level failures are `Ok` responses with CHECK CONDITION (or
+//! RESERVATION CONFLICT) and sense; `Err` is only for transport failures
+//! (the data buffers could not be read or written).
+
+pub mod nexus;
+pub mod sense;
+
+pub use nexus::{ItNexus, PortName, TargetPort};
+pub use sense::{Sense, SenseKey, Status};

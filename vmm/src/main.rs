@@ -1,0 +1,18 @@
+//! The `arbiter` binary: parse the command line and run.
+
+use clap::Parser;
+use vmm::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => match vmm::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("arbiter: {e}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
