@@ -154,7 +154,7 @@ impl Sense {
                 b[3..7].copy_from_slice(&v.to_be_bytes());
             }
         }
-        b[7] = (FIXED_SENSE_LEN - 8) as u8; // additional sense length
+        b[7] = 10; // additional sense length: FIXED_SENSE_LEN - 8
         b[12] = self.asc;
         b[13] = self.ascq;
         if let Some(sks) = self.sks_bytes() {
