@@ -268,7 +268,6 @@ pub mod codes {
 #[cfg(test)]
 mod tests {
     use super::codes::*;
-    use super::*;
 
     #[test]
     fn fixed_format_invalid_field_with_pointer() {
