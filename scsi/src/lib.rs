@@ -14,3 +14,4 @@ pub mod sense;
 
 pub use nexus::{ItNexus, PortName, TargetPort};
 pub use sense::{Sense, SenseKey, Status};
+pub mod pr;

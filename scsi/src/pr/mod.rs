@@ -1,0 +1,121 @@
+//! Reservations: SPC-4 persistent reservations and SCSI-2 RESERVE/RELEASE,
+//! one state per disk, shared by every I_T nexus of every process that opens
+//! the disk.
+//!
+//! The logical unit (in `crate::sbc`/`crate::spc`) calls [`Reservations`]:
+//! * before executing any command: [`Reservations::check`] with the command's
+//!   [`PrAccess`] class (from the opcode table): RESERVATION CONFLICT if due;
+//! * for PERSISTENT RESERVE IN/OUT, RESERVE(6/10), RELEASE(6/10);
+//! * to collect unit attentions that reservation actions of *other* nexuses
+//!   (possibly in other processes) raised for this nexus;
+//! * on LOGICAL UNIT RESET and I_T nexus loss.
+
+use crate::nexus::ItNexus;
+use crate::sense::{Sense, Status};
+
+/// How a command interacts with reservations: the row it falls in of SPC-4
+/// table 43 ("SPC commands that are allowed in the presence of various
+/// reservations") and SBC-4 table 13.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrAccess {
+    /// Allowed from every nexus under every reservation: INQUIRY, REPORT LUNS,
+    /// REQUEST SENSE, TEST UNIT READY, READ CAPACITY(10/16), LOG SENSE,
+    /// PERSISTENT RESERVE IN, REPORT SUPPORTED OPERATION CODES / TMFs.
+    Allowed,
+    /// Reads the medium or device state (READ*, VERIFY*, MODE SENSE, READ
+    /// BUFFER, GET LBA STATUS, ...): conflicts for non-holders under
+    /// Exclusive Access types, per SPC-4 table 43.
+    Read,
+    /// Changes the medium or device state (WRITE*, UNMAP, WRITE SAME, COMPARE
+    /// AND WRITE, SYNCHRONIZE CACHE, MODE SELECT, FORMAT UNIT, WRITE BUFFER,
+    /// START STOP UNIT, SEND DIAGNOSTIC, PREVENT ALLOW MEDIUM REMOVAL, ...).
+    Write,
+    /// PERSISTENT RESERVE OUT: checked by the service action itself.
+    PrOut,
+    /// RESERVE(6/10) / RELEASE(6/10): checked by the SCSI-2 rules and, when
+    /// persistent reservations exist, by SPC-4 "compatible reservation handling".
+    Scsi2,
+}
+
+/// The outcome of a reservation command: a status with optional sense
+/// (encoded by the caller in the initiator's sense format), and data-in bytes
+/// for PERSISTENT RESERVE IN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrOutcome {
+    /// GOOD, CHECK CONDITION or RESERVATION CONFLICT.
+    pub status: Status,
+    /// Sense for CHECK CONDITION.
+    pub sense: Option<Sense>,
+    /// Data-in (PR IN), before ALLOCATION LENGTH truncation.
+    pub data: Vec<u8>,
+}
+
+impl PrOutcome {
+    /// GOOD with no data.
+    pub fn good() -> Self {
+        PrOutcome {
+            status: Status::Good,
+            sense: None,
+            data: Vec::new(),
+        }
+    }
+    /// GOOD with data-in.
+    pub fn data(data: Vec<u8>) -> Self {
+        PrOutcome {
+            status: Status::Good,
+            sense: None,
+            data,
+        }
+    }
+    /// RESERVATION CONFLICT.
+    pub fn conflict() -> Self {
+        PrOutcome {
+            status: Status::ReservationConflict,
+            sense: None,
+            data: Vec::new(),
+        }
+    }
+    /// CHECK CONDITION with `sense`.
+    pub fn check(sense: Sense) -> Self {
+        PrOutcome {
+            status: Status::CheckCondition,
+            sense: Some(sense),
+            data: Vec::new(),
+        }
+    }
+}
+
+/// Reservation state of one logical unit, as seen by the LU's command path.
+/// Implementations are shared between queues (and, through a state file,
+/// between processes), hence `&self` and `Send + Sync`.
+pub trait Reservations: Send + Sync + std::fmt::Debug {
+    /// Whether a command of class `access` from `nexus` conflicts with the
+    /// current reservations (persistent or SCSI-2). `true` = answer
+    /// RESERVATION CONFLICT without executing it.
+    fn conflicts(&self, nexus: &ItNexus, access: PrAccess) -> bool;
+
+    /// PERSISTENT RESERVE OUT: `cdb` is the whole CDB (10 bytes), `params` the
+    /// data-out parameter list (exactly PARAMETER LIST LENGTH bytes).
+    fn reserve_out(&self, nexus: &ItNexus, cdb: &[u8], params: &[u8]) -> PrOutcome;
+
+    /// PERSISTENT RESERVE IN: `cdb` is the whole CDB (10 bytes). The caller
+    /// truncates the data to ALLOCATION LENGTH.
+    fn reserve_in(&self, nexus: &ItNexus, cdb: &[u8]) -> PrOutcome;
+
+    /// RESERVE(6)/(10) (SCSI-2, whole LU, no third-party).
+    fn scsi2_reserve(&self, nexus: &ItNexus) -> PrOutcome;
+
+    /// RELEASE(6)/(10) (SCSI-2).
+    fn scsi2_release(&self, nexus: &ItNexus) -> PrOutcome;
+
+    /// Unit attentions raised for `nexus` by reservation actions of other
+    /// nexuses (2A/03, 2A/04, 2A/05), oldest first; taking them clears them.
+    fn take_unit_attentions(&self, nexus: &ItNexus) -> Vec<Sense>;
+
+    /// LOGICAL UNIT RESET: clears SCSI-2 reservations; PRs survive.
+    fn lu_reset(&self);
+
+    /// I_T nexus loss (I_T NEXUS RESET, controller reset, VM gone): clears a
+    /// SCSI-2 reservation held by `nexus`; PRs survive.
+    fn nexus_loss(&self, nexus: &ItNexus);
+}
