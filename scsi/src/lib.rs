@@ -3,15 +3,20 @@
 //! This crate knows nothing about virtio or KVM: a transport (the virtio-scsi
 //! controller, a test, a fuzzer) hands it commands that arrive on an I_T
 //! nexus for a LUN, with a CDB, a data-out source and a data-in sink, and gets
-//! back a status, sense data and the amount of data transferred.
+//! back a status, sense data and the amount of data transferred
+//! ([`target::ScsiTarget`]).
 //!
 //! SCSI-level failures are `Ok` responses with CHECK CONDITION (or
 //! RESERVATION CONFLICT) and sense; `Err` is only for transport failures
 //! (the data buffers could not be read or written).
 
 pub mod nexus;
+pub mod pr;
 pub mod sense;
+pub mod target;
 
 pub use nexus::{ItNexus, PortName, TargetPort};
 pub use sense::{Sense, SenseKey, Status};
-pub mod pr;
+pub use target::{
+    DataIn, DataOut, Lun, Request, Response, ScsiTarget, TaskMgmt, TmfResponse, TransportError,
+};
