@@ -2,3 +2,5 @@
 //! PCI transport and the virtio-scsi controller. Devices see guest memory
 //! through vm-memory and raise interrupts through small traits; KVM itself
 //! stays in the `vmm` crate.
+
+pub mod bus;
