@@ -4,3 +4,6 @@
 //! stays in the `vmm` crate.
 
 pub mod bus;
+pub mod interrupt;
+pub mod lifecycle;
+pub mod pci;
