@@ -1,0 +1,87 @@
+# Scenario helpers: start VMs, watch their serial output, report in parseable lines.
+# Sourced by the lab host's /init (busybox sh) and, on a host with hardware KVM, by the
+# runner's direct mode (sh); POSIX sh only.
+#
+# Environment (set by the caller):
+#   LAB_TMP            scratch directory for disks and serial logs
+#   ARBITER, QEMU      the monitors (paths or names in PATH)
+#   LAB_GUEST_KERNEL, LAB_GUEST_INITRD, LAB_GUEST_ESP, LAB_OVMF, LAB_TEST_GUESTS
+#
+# Output lines:
+#   @@VM name=N event=start monitor=M uptime=S
+#   @@SERIAL N| <line>            every line the VM printed (serial console and stderr)
+#   @@VM name=N status=pass|fail exit=E time=S reason=R
+
+lab_now() { cut -d' ' -f1 /proc/uptime; }
+lab_elapsed() { awk -v a="$(lab_now)" -v b="$1" 'BEGIN { printf "%.2f", a - b }'; }
+
+# lab_disk NAME SIZE_MIB: a zero-filled raw disk at $LAB_TMP/NAME.img
+lab_disk() {
+	rm -f "$LAB_TMP/$1.img"
+	dd if=/dev/zero of="$LAB_TMP/$1.img" bs=1048576 count=0 seek="$2" 2>/dev/null
+	echo "@@LAB disk name=$1 size_mib=$2"
+}
+
+# lab_vm_start NAME TIMEOUT_S EXPECT_EXIT PATTERN CMD...
+#   EXPECT_EXIT: the exit status that counts as a pass, or '-' for any
+#   PATTERN: a fixed string the serial output must contain, or '' for none
+lab_vm_start() {
+	_n=$1
+	echo "$2" >"$LAB_TMP/$_n.timeout"
+	echo "$3" >"$LAB_TMP/$_n.expect"
+	printf '%s' "$4" >"$LAB_TMP/$_n.pattern"
+	shift 4
+	echo "@@VM name=$_n event=start monitor=$(basename "$1") uptime=$(lab_now)"
+	echo "@@VM name=$_n cmd=$*" | tr -s ' '
+	lab_now >"$LAB_TMP/$_n.t0"
+	rm -f "$LAB_TMP/$_n.rc" "$LAB_TMP/$_n.pid"
+	# The monitor runs in a subshell that records its exit status in NAME.rc (no
+	# reliance on how a shell reaps background children); NAME.pid is the monitor.
+	(
+		sh -c 'echo $$ >"$0"; exec "$@"' "$LAB_TMP/$_n.pid" "$@" \
+			</dev/null >"$LAB_TMP/$_n.serial" 2>"$LAB_TMP/$_n.stderr"
+		echo $? >"$LAB_TMP/$_n.rc"
+	) &
+}
+
+# lab_vm_wait NAME: wait for the VM to end (or time out) and report it. Returns 0 on pass.
+lab_vm_wait() {
+	_n=$1
+	_t0=$(cat "$LAB_TMP/$_n.t0")
+	_to=$(cat "$LAB_TMP/$_n.timeout")
+	_exp=$(cat "$LAB_TMP/$_n.expect")
+	_pat=$(cat "$LAB_TMP/$_n.pattern")
+	_reason=""
+	while [ ! -f "$LAB_TMP/$_n.rc" ]; do
+		_el=$(lab_elapsed "$_t0")
+		if [ "${_el%.*}" -ge "$_to" ] && [ -z "$_reason" ]; then
+			_reason=timeout
+			kill "$(cat "$LAB_TMP/$_n.pid")" 2>/dev/null
+			sleep 1
+			kill -9 "$(cat "$LAB_TMP/$_n.pid")" 2>/dev/null
+		fi
+		sleep 0.5
+	done
+	_rc=$(cat "$LAB_TMP/$_n.rc")
+	_el=$(lab_elapsed "$_t0")
+	tr -d '\r' <"$LAB_TMP/$_n.serial" | sed "s/^/@@SERIAL $_n| /"
+	sed "s/^/@@SERIAL $_n| stderr: /" "$LAB_TMP/$_n.stderr"
+	if [ -z "$_reason" ] && [ "$_exp" != "-" ] && [ "$_rc" != "$_exp" ]; then
+		_reason=exit_${_rc}_expected_$_exp
+	fi
+	if [ -z "$_reason" ] && [ -n "$_pat" ] && ! grep -qF "$_pat" "$LAB_TMP/$_n.serial"; then
+		_reason=pattern_not_seen
+	fi
+	if [ -z "$_reason" ]; then
+		echo "@@VM name=$_n status=pass exit=$_rc time=$_el"
+		return 0
+	fi
+	echo "@@VM name=$_n status=fail exit=$_rc time=$_el reason=$_reason"
+	return 1
+}
+
+# lab_vm NAME TIMEOUT_S EXPECT_EXIT PATTERN CMD...: start, wait, report.
+lab_vm() {
+	lab_vm_start "$@"
+	lab_vm_wait "$1"
+}
