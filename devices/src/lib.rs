@@ -7,3 +7,4 @@ pub mod bus;
 pub mod interrupt;
 pub mod lifecycle;
 pub mod pci;
+pub mod virtio;

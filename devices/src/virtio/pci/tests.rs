@@ -1,0 +1,1 @@
+//! Transport unit tests.

@@ -1,0 +1,388 @@
+//! The command path: `virtio_scsi_cmd_req` in, `virtio_scsi_cmd_resp` out,
+//! data moved by the target straight between the descriptor buffers and
+//! the backing store (no intermediate copy).
+//!
+//! Request (device-readable): `lun[8] tag:u64 task_attr:u8 prio:u8 crn:u8
+//! cdb[cdb_size]`, then data-out. Response (device-writable):
+//! `sense_len:u32 resid:u32 status_qualifier:u16 status:u8 response:u8
+//! sense[sense_size]`, then data-in. All little-endian.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use log::{debug, warn};
+use scsi::target::{DataIn, DataOut, Request, TaskAttr};
+use scsi::Lun;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+
+use super::Controller;
+use crate::virtio::{GuestMemory, InterruptType, VirtioInterrupt};
+
+/// Fixed part of a command request, before the CDB.
+pub const REQ_HEADER_LEN: usize = 19;
+/// Fixed part of a command response, before the sense buffer.
+pub const RESP_HEADER_LEN: usize = 12;
+
+/// `response` values (virtio 1.2, 5.6.6.1).
+pub mod response {
+    /// Command / TMF completed (FUNCTION COMPLETE for TMFs).
+    pub const OK: u8 = 0;
+    /// Data-in buffer too small.
+    pub const OVERRUN: u8 = 1;
+    /// Aborted by a TMF.
+    pub const ABORTED: u8 = 2;
+    /// No such target.
+    pub const BAD_TARGET: u8 = 3;
+    /// Aborted by a reset.
+    pub const RESET: u8 = 4;
+    /// Retry later.
+    pub const BUSY: u8 = 5;
+    /// Transport failure.
+    pub const TRANSPORT_FAILURE: u8 = 6;
+    /// Target failure.
+    pub const TARGET_FAILURE: u8 = 7;
+    /// Nexus failure.
+    pub const NEXUS_FAILURE: u8 = 8;
+    /// Anything else.
+    pub const FAILURE: u8 = 9;
+    /// TMF: FUNCTION SUCCEEDED.
+    pub const FUNCTION_SUCCEEDED: u8 = 10;
+    /// TMF: FUNCTION REJECTED.
+    pub const FUNCTION_REJECTED: u8 = 11;
+    /// TMF: INCORRECT LOGICAL UNIT NUMBER.
+    pub const INCORRECT_LUN: u8 = 12;
+}
+
+/// A descriptor chain the device cannot use: the device is marked
+/// DEVICE_NEEDS_RESET.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChainError {
+    /// Empty chain, a `next` index outside the table, a loop, or a nested
+    /// indirect table.
+    #[error("malformed descriptor chain (loop, bad index or bad indirect table)")]
+    Structure,
+    /// A device-readable descriptor after a device-writable one.
+    #[error("device-readable descriptor after a device-writable one")]
+    Order,
+    /// A buffer outside guest memory.
+    #[error("descriptor buffer outside guest memory")]
+    Memory,
+    /// Not even the fixed part of the response fits.
+    #[error("response buffer of {got} bytes, need at least {need}")]
+    ResponseTooShort {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes offered.
+        got: usize,
+    },
+    /// The request is too short for its type (control and event queues).
+    #[error("request of {got} bytes, need {need}")]
+    RequestTooShort {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes offered.
+        got: usize,
+    },
+    /// Unknown control request type.
+    #[error("unknown control request type {0}")]
+    ControlType(u32),
+    /// The rings themselves are broken (avail index beyond the queue size).
+    #[error("queue error: {0}")]
+    Queue(String),
+}
+
+/// Decode a virtio-scsi LUN: `lun[0] = 1`, `lun[1]` = target, `lun[2..4]` =
+/// single-level LUN in peripheral (`00b`, bus 0) or flat (`01b`) addressing.
+/// Returns `None` for anything else (the command is answered BAD_TARGET).
+pub fn decode_lun(lun: &[u8; 8]) -> Option<(u8, Lun)> {
+    if lun[0] != 1 {
+        return None;
+    }
+    if lun[2] != 0 && !(0x40..0x80).contains(&lun[2]) {
+        return None;
+    }
+    Some((
+        lun[1],
+        ((u16::from(lun[2]) << 8) | u16::from(lun[3])) & 0x3FFF,
+    ))
+}
+
+/// Encode a LUN the way the device reports it in events (peripheral
+/// addressing below 256, flat above).
+pub fn encode_lun(target: u8, lun: Lun) -> [u8; 8] {
+    let [hi, lo] = lun.to_be_bytes();
+    let b2 = if lun < 256 { 0 } else { 0x40 | (hi & 0x3F) };
+    [1, target, b2, lo, 0, 0, 0, 0]
+}
+
+/// Check the shape of a chain before using it: at least one descriptor, no
+/// readable descriptor after a writable one, and the chain ends (no loop,
+/// no `next` outside the table).
+pub fn check_chain(chain: &DescriptorChain<&GuestMemory>) -> Result<(), ChainError> {
+    let mut seen_write = false;
+    let mut count = 0usize;
+    let mut last_has_next = false;
+    for d in chain.clone() {
+        count += 1;
+        if d.is_write_only() {
+            seen_write = true;
+        } else if seen_write {
+            return Err(ChainError::Order);
+        }
+        last_has_next = d.has_next();
+    }
+    if count == 0 || last_has_next {
+        return Err(ChainError::Structure);
+    }
+    Ok(())
+}
+
+/// Data-out as the target sees it.
+pub struct ChainReader<'r, 'a>(pub &'r mut Reader<'a>);
+
+impl Read for ChainReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::fmt::Debug for ChainReader<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChainReader({} bytes left)", self.0.available_bytes())
+    }
+}
+
+/// Data-in as the target sees it.
+pub struct ChainWriter<'r, 'a>(pub &'r mut Writer<'a>);
+
+impl Write for ChainWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ChainWriter<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChainWriter({} bytes left)", self.0.available_bytes())
+    }
+}
+
+/// The fixed part of a command response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CmdResponse {
+    /// Sense bytes that follow.
+    pub sense_len: u32,
+    /// Residual byte count.
+    pub resid: u32,
+    /// SCSI status.
+    pub status: u8,
+    /// virtio-scsi response code.
+    pub response: u8,
+}
+
+impl CmdResponse {
+    fn encode(&self) -> [u8; RESP_HEADER_LEN] {
+        let mut b = [0u8; RESP_HEADER_LEN];
+        b[0..4].copy_from_slice(&self.sense_len.to_le_bytes());
+        b[4..8].copy_from_slice(&self.resid.to_le_bytes());
+        // status_qualifier (b[8..10]) stays 0.
+        b[10] = self.status;
+        b[11] = self.response;
+        b
+    }
+}
+
+fn task_attr(v: u8) -> TaskAttr {
+    match v {
+        1 => TaskAttr::Ordered,
+        2 => TaskAttr::HeadOfQueue,
+        3 => TaskAttr::Aca,
+        _ => TaskAttr::Simple,
+    }
+}
+
+fn sat_u32(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Serves request queues.
+#[derive(Debug, Clone)]
+pub struct RequestProcessor {
+    pub(crate) ctrl: Arc<Controller>,
+}
+
+impl RequestProcessor {
+    /// Serve every available chain of `queue`, then signal the driver if it
+    /// wants it. A malformed chain marks the device NEEDS_RESET and stops.
+    pub fn process_queue(
+        &self,
+        mem: &GuestMemory,
+        queue: &mut Queue,
+        index: u16,
+        irq: &dyn VirtioInterrupt,
+    ) -> Result<(), ChainError> {
+        drain_queue(mem, queue, index, irq, |chain| {
+            self.handle_chain(mem, chain)
+        })
+    }
+
+    /// Execute one command chain; returns the used length.
+    pub fn handle_chain(
+        &self,
+        mem: &GuestMemory,
+        chain: DescriptorChain<&GuestMemory>,
+    ) -> Result<u32, ChainError> {
+        check_chain(&chain)?;
+        let mut reader = chain.clone().reader(mem).map_err(|_| ChainError::Memory)?;
+        let mut writer = chain.writer(mem).map_err(|_| ChainError::Memory)?;
+        let sense_size = usize::try_from(self.ctrl.sense_size()).unwrap_or(0);
+        let cdb_size = usize::try_from(self.ctrl.cdb_size()).unwrap_or(0).min(255);
+        let hdr_len = REQ_HEADER_LEN + cdb_size;
+        let resp_len = RESP_HEADER_LEN + sense_size;
+        let wavail = writer.available_bytes();
+        if wavail < RESP_HEADER_LEN {
+            return Err(ChainError::ResponseTooShort {
+                need: resp_len,
+                got: wavail,
+            });
+        }
+        if reader.available_bytes() < hdr_len || wavail < resp_len {
+            debug!(
+                "virtio-scsi: request {} / response {} bytes too short",
+                reader.available_bytes(),
+                wavail
+            );
+            let r = CmdResponse {
+                response: response::FAILURE,
+                ..Default::default()
+            };
+            writer
+                .write_all(&r.encode())
+                .map_err(|_| ChainError::Memory)?;
+            return Ok(sat_u32(RESP_HEADER_LEN));
+        }
+        let mut hdr = [0u8; REQ_HEADER_LEN + 255];
+        reader
+            .read_exact(&mut hdr[..hdr_len])
+            .map_err(|_| ChainError::Memory)?;
+        let mut data_in = writer.split_at(resp_len).map_err(|_| ChainError::Memory)?;
+        let mut lun = [0u8; 8];
+        lun.copy_from_slice(&hdr[0..8]);
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&hdr[8..16]);
+        let tag = u64::from_le_bytes(tag);
+
+        let target = decode_lun(&lun).and_then(|(t, l)| self.ctrl.target(t).map(|x| (x, l)));
+        let mut sense_out: &[u8] = &[];
+        let result;
+        let resp = match target {
+            None => CmdResponse {
+                response: response::BAD_TARGET,
+                ..Default::default()
+            },
+            Some(((target, nexus), lun)) => {
+                let din_cap = data_in.available_bytes();
+                let dout_cap = reader.available_bytes();
+                let req = Request {
+                    nexus: &nexus,
+                    lun,
+                    tag,
+                    attr: task_attr(hdr[16]),
+                    cdb: &hdr[REQ_HEADER_LEN..hdr_len],
+                };
+                result = target.execute(
+                    &req,
+                    DataOut {
+                        reader: &mut ChainReader(&mut reader),
+                        len: dout_cap,
+                    },
+                    DataIn {
+                        writer: &mut ChainWriter(&mut data_in),
+                        len: din_cap,
+                    },
+                );
+                match &result {
+                    Ok(r) => {
+                        let resid = if din_cap > 0 {
+                            din_cap.saturating_sub(r.data_in_len)
+                        } else {
+                            dout_cap.saturating_sub(r.data_out_len)
+                        };
+                        sense_out = &r.sense[..r.sense.len().min(sense_size)];
+                        CmdResponse {
+                            sense_len: sat_u32(sense_out.len()),
+                            resid: sat_u32(resid),
+                            status: r.status as u8,
+                            response: response::OK,
+                        }
+                    }
+                    Err(e) => {
+                        debug!("virtio-scsi: transport error on tag {tag:#x}: {e}");
+                        CmdResponse {
+                            response: response::FAILURE,
+                            ..Default::default()
+                        }
+                    }
+                }
+            }
+        };
+        writer
+            .write_all(&resp.encode())
+            .and_then(|()| writer.write_all(sense_out))
+            .map_err(|_| ChainError::Memory)?;
+        Ok(sat_u32(resp_len + data_in.bytes_written()))
+    }
+}
+
+/// Drain a queue with `f` (which returns each chain's used length), with
+/// notification suppression while draining, then interrupt the driver if
+/// it asked for one.
+pub(crate) fn drain_queue<'m>(
+    mem: &'m GuestMemory,
+    queue: &mut Queue,
+    index: u16,
+    irq: &dyn VirtioInterrupt,
+    mut f: impl FnMut(DescriptorChain<&'m GuestMemory>) -> Result<u32, ChainError>,
+) -> Result<(), ChainError> {
+    let fail = |e: ChainError, irq: &dyn VirtioInterrupt| {
+        warn!("virtio-scsi: queue {index}: {e}; device needs reset");
+        irq.set_needs_reset();
+        e
+    };
+    let mut used_any = false;
+    loop {
+        queue
+            .disable_notification(mem)
+            .map_err(|e| fail(ChainError::Queue(e.to_string()), irq))?;
+        loop {
+            let chain = match queue.iter(mem) {
+                Ok(mut it) => it.next(),
+                Err(e) => return Err(fail(ChainError::Queue(e.to_string()), irq)),
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let result = f(chain);
+            let len = *result.as_ref().unwrap_or(&0);
+            queue
+                .add_used(mem, head, len)
+                .map_err(|e| fail(ChainError::Queue(e.to_string()), irq))?;
+            used_any = true;
+            if let Err(e) = result {
+                irq.trigger(InterruptType::Queue(index));
+                return Err(fail(e, irq));
+            }
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => return Err(fail(ChainError::Queue(e.to_string()), irq)),
+        }
+    }
+    if used_any && queue.needs_notification(mem).unwrap_or(true) {
+        irq.trigger(InterruptType::Queue(index));
+    }
+    Ok(())
+}
