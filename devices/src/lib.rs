@@ -4,7 +4,7 @@
 //! stays in the `vmm` crate.
 
 pub mod bus;
+pub mod firmware;
 pub mod interrupt;
 pub mod lifecycle;
 pub mod pci;
-pub mod virtio;
