@@ -8,3 +8,4 @@ pub mod firmware;
 pub mod interrupt;
 pub mod lifecycle;
 pub mod pci;
+pub mod virtio;
