@@ -3,12 +3,18 @@
 //! the disk.
 //!
 //! The logical unit (in `crate::sbc`/`crate::spc`) calls [`Reservations`]:
-//! * before executing any command: [`Reservations::check`] with the command's
+//! * before executing any command: [`Reservations::conflicts`] with the command's
 //!   [`PrAccess`] class (from the opcode table): RESERVATION CONFLICT if due;
 //! * for PERSISTENT RESERVE IN/OUT, RESERVE(6/10), RELEASE(6/10);
 //! * to collect unit attentions that reservation actions of *other* nexuses
 //!   (possibly in other processes) raised for this nexus;
 //! * on LOGICAL UNIT RESET and I_T nexus loss.
+
+pub mod shared;
+pub mod state;
+
+pub use shared::{disk_naa_designator, SharedPr, SharedPrError};
+pub use state::{MemoryPr, PrOutResult, PrState, PrType, RegistrantId};
 
 use crate::nexus::ItNexus;
 use crate::sense::{Sense, Status};
@@ -97,6 +103,26 @@ pub trait Reservations: Send + Sync + std::fmt::Debug {
     /// PERSISTENT RESERVE OUT: `cdb` is the whole CDB (10 bytes), `params` the
     /// data-out parameter list (exactly PARAMETER LIST LENGTH bytes).
     fn reserve_out(&self, nexus: &ItNexus, cdb: &[u8], params: &[u8]) -> PrOutcome;
+
+    /// PERSISTENT RESERVE OUT, also returning which registrants' commands
+    /// must be aborted: for a successful PREEMPT AND ABORT,
+    /// [`PrOutResult::abort`] lists the preempted registrants; the caller
+    /// aborts every outstanding command of every I_T nexus one of them
+    /// [covers](RegistrantId::covers), except this PR OUT command itself.
+    /// Logical units should call this instead of [`Self::reserve_out`].
+    fn reserve_out_with_aborts(&self, nexus: &ItNexus, cdb: &[u8], params: &[u8]) -> PrOutResult {
+        PrOutResult {
+            outcome: self.reserve_out(nexus, cdb, params),
+            abort: Vec::new(),
+        }
+    }
+
+    /// The persisted 16-byte identity of the disk this state belongs to (see
+    /// [`SharedPr::disk_uuid`]), from which VPD page 0x83 may derive its NAA
+    /// designator ([`disk_naa_designator`]). `None` for in-memory state.
+    fn disk_uuid(&self) -> Option<[u8; 16]> {
+        None
+    }
 
     /// PERSISTENT RESERVE IN: `cdb` is the whole CDB (10 bytes). The caller
     /// truncates the data to ALLOCATION LENGTH.
