@@ -32,14 +32,14 @@ shim_needed() {
 
 build_base() {
 	lab_need busybox gcc
-	command -v "$outer_qemu" >/dev/null || lab_die "missing $outer_qemu (apt-get install qemu-system-x86)"
+	command -v "$outer_qemu" >/dev/null || lab_missing "$outer_qemu (apt-get install qemu-system-x86)"
 	local guest_env
 	guest_env=$("$LAB_SRC/build-guest.sh")
 	eval "$guest_env"
 	lab_kernel
 	local qemu ovmf=/usr/share/ovmf/OVMF.fd
 	qemu=$(command -v qemu-system-x86_64)
-	[ -f "$ovmf" ] || lab_die "missing $ovmf (apt-get install ovmf)"
+	[ -f "$ovmf" ] || lab_missing "$ovmf (apt-get install ovmf)"
 	local key
 	key=$(lab_hash "$KPKGVER" "busybox $(lab_pkg_version busybox-static)" \
 		"qemu $(lab_pkg_version qemu-system-x86)" "ovmf $(lab_pkg_version ovmf)" "$LAB_GUEST_DIR" \

@@ -14,10 +14,20 @@ lab_die() {
 	exit 1
 }
 
-lab_need() { # command... : fail with the Debian package to install
+# lab_missing WHAT: exit 3, which the runner reports as a skip (this host lacks a tool).
+lab_missing() {
+	echo "lab: missing $* (resources/lab-host.md lists the apt packages)" >&2
+	exit 3
+}
+
+# lab_need COMMAND...: exit 3 (the runner's "this host lacks a tool: skip") if one is missing.
+lab_need() {
 	local c
 	for c in "$@"; do
-		command -v "$c" >/dev/null 2>&1 || lab_die "missing '$c' (see resources/lab-host.md for the apt packages)"
+		if ! command -v "$c" >/dev/null 2>&1; then
+			echo "lab: missing '$c' (resources/lab-host.md lists the apt packages)" >&2
+			exit 3
+		fi
 	done
 }
 
@@ -129,9 +139,9 @@ lab_install_binary() {
 # Busybox (static) with its applets linked at first boot by the init scripts.
 lab_install_busybox() {
 	local root=$1
-	[ -x /bin/busybox ] || lab_die "missing /bin/busybox (apt-get install busybox-static)"
+	[ -x /bin/busybox ] || lab_missing "/bin/busybox (apt-get install busybox-static)"
 	{ ldd /bin/busybox 2>&1 || true; } | grep -q 'not a dynamic' ||
-		lab_die "/bin/busybox is not static (apt-get install busybox-static)"
+		lab_missing "a static /bin/busybox (apt-get install busybox-static)"
 	mkdir -p "$root/bin" "$root/sbin" "$root/usr/bin" "$root/usr/sbin" "$root/proc" "$root/sys" \
 		"$root/dev" "$root/tmp" "$root/run" "$root/mnt"
 	cp /bin/busybox "$root/bin/busybox"

@@ -1,0 +1,1078 @@
+//! Boot real guests (Linux, OVMF, the freestanding test guests) wherever the
+//! tests run: one API, "run this scenario with these VMs".
+//!
+//! * **Direct**: `/dev/kvm` has VMX or SVM. The scenario runs on this host.
+//! * **Nested**: no hardware virtualization, but `qemu-system-x86_64` exists.
+//!   The scenario runs inside a *lab host*: the Debian kernel under QEMU's
+//!   software emulation (TCG) of an AMD CPU with SVM and nested paging, where
+//!   `kvm_amd` gives a hardware-style `/dev/kvm` (`tests/lab/`,
+//!   `resources/lab-host.md`).
+//! * Otherwise the scenario is skipped, with the reason.
+//!
+//! A [`Scenario`] is a list of [`Vm`]s (run one after another, or together)
+//! and the disks they use. It becomes a shell script over
+//! `tests/lab/host/lablib.sh`, the same in both modes, that reports each VM
+//! in parseable lines; the runner turns them into a [`Report`]. Full logs go
+//! to `target/lab/logs/<scenario>.log`. In nested mode the outer QEMU
+//! sometimes freezes for good (a known QEMU problem): the lab host prints a
+//! heartbeat every 10 s, and when nothing arrives for [`STALL`] the runner
+//! kills the outer QEMU and retries, at most [`HANG_RETRIES`] times, and
+//! counts it in the report.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::{guests, kvm};
+
+/// No output from the lab host for this long means the outer QEMU hung
+/// (the lab host prints a heartbeat every 10 s).
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// How many times a run is repeated after a detected hang.
+pub const HANG_RETRIES: u32 = 2;
+
+/// Time the lab host needs around the scenario itself (boot, kvm_amd,
+/// power-off), added to the sum of the VM time limits.
+const LAB_OVERHEAD: Duration = Duration::from_secs(120);
+
+/// Memory of the lab host (MiB).
+const LAB_MEMORY_MIB: u32 = 3072;
+
+/// Errors of the lab runner (a failing guest is not one: see [`Report`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A builder script failed.
+    #[error("{script} failed ({status}): {stderr}")]
+    Build {
+        /// The script.
+        script: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// Starting or talking to a process failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `arbiter` binary was not found.
+    #[error("no arbiter binary at {0} (build it first: cargo build -p vmm, or set ARBITER_BIN)")]
+    NoArbiter(PathBuf),
+    /// The lab host did not run the scenario to its end.
+    #[error("lab host failed: {reason} (full log: {})", log.display())]
+    LabHost {
+        /// What went wrong.
+        reason: String,
+        /// The full log.
+        log: PathBuf,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Which monitor runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Monitor {
+    /// The `arbiter` binary under test.
+    Arbiter,
+    /// `qemu-system-x86_64 -enable-kvm`: the peer baseline.
+    Qemu,
+}
+
+/// One VM of a scenario: the monitor, its arguments and what counts as a pass.
+///
+/// Arguments may name the lab's files with placeholders, replaced in both
+/// modes: `{kernel}` `{initrd}` `{esp}` (the Linux test guest: bzImage,
+/// initramfs, EFI system partition image), `{ovmf}` (OVMF.fd), `{guest:NAME}`
+/// (a freestanding test guest, `NAME.elf`), `{disk:NAME}` (a disk made by
+/// [`Scenario::disk`]), `{tmp}` (scratch directory).
+#[derive(Debug, Clone)]
+pub struct Vm {
+    name: String,
+    monitor: Monitor,
+    args: Vec<String>,
+    expect_exit: Option<i32>,
+    expect_serial: Option<String>,
+    timeout: Duration,
+}
+
+impl Vm {
+    /// `arbiter run ...` named `name` (the name is also passed as `--name`).
+    pub fn arbiter(name: &str) -> Self {
+        Vm {
+            name: name.to_owned(),
+            monitor: Monitor::Arbiter,
+            args: vec!["run".into(), "--name".into(), name.into()],
+            expect_exit: Some(0),
+            expect_serial: None,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// `qemu-system-x86_64 -enable-kvm -cpu host` with no default devices and
+    /// the serial console on stdout: the peer monitor.
+    pub fn qemu(name: &str) -> Self {
+        let base = "-enable-kvm -cpu host -nodefaults -display none -monitor none -no-reboot \
+                    -serial stdio";
+        Vm {
+            name: name.to_owned(),
+            monitor: Monitor::Qemu,
+            args: base.split_whitespace().map(str::to_owned).collect(),
+            expect_exit: Some(0),
+            expect_serial: None,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// Append arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Boot the lab's Linux test guest by direct kernel boot and run the
+    /// guest-side script `script` (tests/lab/guest/scripts/SCRIPT.sh, or
+    /// `disk`); the VM passes when the guest's init reports it is done.
+    pub fn linux(self, script: &str) -> Self {
+        let cmdline = format!("console=ttyS0 panic=-1 lab.script={script}");
+        let args: Vec<String> = match self.monitor {
+            Monitor::Arbiter => vec![
+                "--kernel".into(),
+                "{kernel}".into(),
+                "--initrd".into(),
+                "{initrd}".into(),
+                "--cmdline".into(),
+                cmdline,
+            ],
+            Monitor::Qemu => vec![
+                "-kernel".into(),
+                "{kernel}".into(),
+                "-initrd".into(),
+                "{initrd}".into(),
+                "-append".into(),
+                cmdline,
+            ],
+        };
+        self.args(args).expect_serial("@@GUEST done")
+    }
+
+    /// The exit status that counts as a pass (`None`: any).
+    pub fn expect_exit(mut self, code: Option<i32>) -> Self {
+        self.expect_exit = code;
+        self
+    }
+
+    /// A fixed string the VM's output must contain.
+    pub fn expect_serial(mut self, s: &str) -> Self {
+        self.expect_serial = Some(s.to_owned());
+        self
+    }
+
+    /// Time limit of the VM (its own clock, inside the lab host in nested mode).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Disk(String, u32),
+    One(Vm),
+    Together(Vec<Vm>),
+}
+
+/// What to run: disks and VMs, in order.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    name: String,
+    steps: Vec<Step>,
+}
+
+impl Scenario {
+    /// An empty scenario; `name` names its log file.
+    pub fn new(name: &str) -> Self {
+        Scenario {
+            name: name.to_owned(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// A zero-filled raw disk of `mib` MiB, `{disk:NAME}` in VM arguments.
+    pub fn disk(mut self, name: &str, mib: u32) -> Self {
+        self.steps.push(Step::Disk(name.to_owned(), mib));
+        self
+    }
+
+    /// Run `vm` to its end.
+    pub fn vm(mut self, vm: Vm) -> Self {
+        self.steps.push(Step::One(vm));
+        self
+    }
+
+    /// Start all `vms`, then wait for each.
+    pub fn together(mut self, vms: Vec<Vm>) -> Self {
+        self.steps.push(Step::Together(vms));
+        self
+    }
+
+    fn vms(&self) -> impl Iterator<Item = &Vm> {
+        self.steps.iter().flat_map(|s| match s {
+            Step::One(v) => std::slice::from_ref(v).iter(),
+            Step::Together(v) => v.iter(),
+            Step::Disk(..) => [].iter(),
+        })
+    }
+
+    fn uses(&self, m: Monitor) -> bool {
+        self.vms().any(|v| v.monitor == m)
+    }
+
+    fn time_limit(&self) -> Duration {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Disk(..) => Duration::from_secs(5),
+                Step::One(v) => v.timeout,
+                Step::Together(v) => v.iter().map(|v| v.timeout).max().unwrap_or_default(),
+            })
+            .sum()
+    }
+
+    /// The scenario as a script over lablib.sh.
+    pub fn script(&self) -> String {
+        let mut s = format!("# scenario {}\n", self.name);
+        for step in &self.steps {
+            match step {
+                Step::Disk(name, mib) => s += &format!("lab_disk {} {mib}\n", quote(name)),
+                Step::One(vm) => s += &format!("lab_vm {}\n", vm_line(vm)),
+                Step::Together(vms) => {
+                    for vm in vms {
+                        s += &format!("lab_vm_start {}\n", vm_line(vm));
+                    }
+                    for vm in vms {
+                        s += &format!("lab_vm_wait {}\n", quote(&vm.name));
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Single-quote for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// An argument with placeholders, as a double-quoted sh word.
+fn word(arg: &str) -> String {
+    let mut out = String::from("\"");
+    let mut rest = arg;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('{') {
+            if let Some(end) = after.find('}') {
+                let key = &after[..end];
+                let var = match key.split_once(':') {
+                    None => match key {
+                        "kernel" => Some("${LAB_GUEST_KERNEL}".to_owned()),
+                        "initrd" => Some("${LAB_GUEST_INITRD}".to_owned()),
+                        "esp" => Some("${LAB_GUEST_ESP}".to_owned()),
+                        "ovmf" => Some("${LAB_OVMF}".to_owned()),
+                        "tmp" => Some("${LAB_TMP}".to_owned()),
+                        _ => None,
+                    },
+                    Some(("guest", n)) => Some(format!("${{LAB_TEST_GUESTS}}/{}.elf", escape(n))),
+                    Some(("disk", n)) => Some(format!("${{LAB_TMP}}/{}.img", escape(n))),
+                    Some(_) => None,
+                };
+                if let Some(v) = var {
+                    out += &v;
+                    rest = &after[end + 1..];
+                    continue;
+                }
+            }
+        }
+        let c = rest.chars().next().unwrap_or_default();
+        out += &escape(&c.to_string());
+        rest = &rest[c.len_utf8()..];
+    }
+    out.push('"');
+    out
+}
+
+/// Escape for the inside of sh double quotes.
+fn escape(s: &str) -> String {
+    let mut o = String::new();
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | '$' | '`') {
+            o.push('\\');
+        }
+        o.push(c);
+    }
+    o
+}
+
+fn vm_line(vm: &Vm) -> String {
+    let monitor = match vm.monitor {
+        Monitor::Arbiter => "\"$ARBITER\"",
+        Monitor::Qemu => "\"$QEMU\"",
+    };
+    let mut l = format!(
+        "{} {} {} {} {monitor}",
+        quote(&vm.name),
+        vm.timeout.as_secs().max(1),
+        vm.expect_exit.map_or("-".to_owned(), |c| c.to_string()),
+        quote(vm.expect_serial.as_deref().unwrap_or("")),
+    );
+    for a in &vm.args {
+        l.push(' ');
+        l += &word(a);
+    }
+    l
+}
+
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// On this host's `/dev/kvm` (VMX/SVM).
+    Direct,
+    /// In a lab host under QEMU's TCG.
+    Nested,
+}
+
+/// The mode this host supports, or why it supports none.
+pub fn mode() -> Result<Mode, String> {
+    if kvm::hardware_virtualization() && kvm::available().is_ok() {
+        return Ok(Mode::Direct);
+    }
+    if which("qemu-system-x86_64").is_some() {
+        return Ok(Mode::Nested);
+    }
+    Err(format!(
+        "no hardware virtualization ({}) and no qemu-system-x86_64 for a nested lab host \
+         (apt-get install qemu-system-x86)",
+        match kvm::available() {
+            Ok(()) => "/dev/kvm has no VMX/SVM".to_owned(),
+            Err(e) => e,
+        }
+    ))
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|f| f.is_file())
+    })
+}
+
+/// A result line the Linux test guest printed: `@@RESULT name=N status=S k=v ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestResult {
+    /// The check's name.
+    pub name: String,
+    /// `pass` or `fail`.
+    pub status: String,
+    /// The other `key=value` fields.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// How one VM ended.
+#[derive(Debug, Clone, Default)]
+pub struct VmReport {
+    /// The VM's name.
+    pub name: String,
+    /// Whether it met its exit status and serial expectations in time.
+    pub passed: bool,
+    /// The monitor's exit status.
+    pub exit: Option<i32>,
+    /// Seconds from start to end, on the clock where it ran.
+    pub seconds: f64,
+    /// Why it failed (empty when it passed).
+    pub reason: String,
+    /// Everything it printed (serial console, then its stderr prefixed `stderr: `).
+    pub output: Vec<String>,
+    /// The `@@RESULT` lines in its output.
+    pub results: Vec<GuestResult>,
+}
+
+impl VmReport {
+    /// The guest result named `name`, if the guest reported it.
+    pub fn result(&self, name: &str) -> Option<&GuestResult> {
+        self.results.iter().find(|r| r.name == name)
+    }
+}
+
+/// What a scenario run produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Where it ran.
+    pub mode: Mode,
+    /// One entry per VM, in the order they ended.
+    pub vms: Vec<VmReport>,
+    /// Hangs of the outer QEMU detected and retried.
+    pub hang_retries: u32,
+    /// Wall-clock time of the successful attempt (including the lab host's boot).
+    pub wall: Duration,
+    /// Nested: wall-clock seconds from starting the outer QEMU to `/dev/kvm` ready.
+    pub lab_boot: Option<Duration>,
+    /// The full log of the run (every attempt).
+    pub log: PathBuf,
+}
+
+impl Report {
+    /// The VM named `name`; panics (with the log path) if it did not report.
+    pub fn vm(&self, name: &str) -> &VmReport {
+        self.vms.iter().find(|v| v.name == name).unwrap_or_else(|| {
+            panic!(
+                "scenario {}: VM {name} did not report (log: {})",
+                self.scenario,
+                self.log.display()
+            )
+        })
+    }
+
+    /// Panic with the failing VMs' reasons and output tails unless all passed.
+    pub fn assert_passed(&self) {
+        let failed: Vec<&VmReport> = self.vms.iter().filter(|v| !v.passed).collect();
+        if failed.is_empty() {
+            return;
+        }
+        let mut msg = format!(
+            "scenario {} ({:?}): {} VM(s) failed; full log: {}\n",
+            self.scenario,
+            self.mode,
+            failed.len(),
+            self.log.display()
+        );
+        for v in failed {
+            msg += &format!(
+                "--- {}: {} (exit {:?}, {:.1} s); last lines:\n",
+                v.name, v.reason, v.exit, v.seconds
+            );
+            let start = v.output.len().saturating_sub(40);
+            for l in &v.output[start..] {
+                msg += l;
+                msg.push('\n');
+            }
+        }
+        panic!("{msg}");
+    }
+
+    /// A one-line summary for logs.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "LAB {} mode={:?} wall={:.1}s hang_retries={}",
+            self.scenario,
+            self.mode,
+            self.wall.as_secs_f64(),
+            self.hang_retries
+        );
+        if let Some(b) = self.lab_boot {
+            s += &format!(" lab_boot={:.1}s", b.as_secs_f64());
+        }
+        for v in &self.vms {
+            s += &format!(
+                " | {} {} {:.1}s",
+                v.name,
+                if v.passed { "pass" } else { "FAIL" },
+                v.seconds
+            );
+        }
+        s
+    }
+}
+
+/// The outcome of [`run`].
+#[derive(Debug)]
+pub enum Run {
+    /// Not run, with the reason (already printed as `SKIPPED test: reason`).
+    Skipped(String),
+    /// Run; check the report.
+    Done(Report),
+}
+
+/// The repository root (tests/..).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `target/lab` (or `$ARBITER_LAB_DIR`): cached images, logs, scratch.
+pub fn lab_dir() -> PathBuf {
+    std::env::var_os("ARBITER_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target").join("lab"))
+}
+
+/// The `arbiter` binary: `$ARBITER_BIN`, else next to this test executable's
+/// `deps/` directory (the same cargo profile).
+pub fn arbiter_bin() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("ARBITER_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::NoArbiter(p))
+        };
+    }
+    let exe = std::env::current_exe().map_err(io_err("current_exe"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let p = profile_dir.join("arbiter");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::NoArbiter(p))
+    }
+}
+
+/// Run a builder script; KEY=VALUE lines of its stdout. Exit status 3 means
+/// the host lacks a tool: `Ok(Err(reason))`.
+fn run_script(args: &[&str]) -> Result<Result<BTreeMap<String, String>, String>, Error> {
+    let script = repo_root().join("tests/lab").join(args[0]);
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(&args[1..])
+        .env("ARBITER_LAB_DIR", lab_dir())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err(format!("running {}", script.display())))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.code() == Some(3) {
+        return Ok(Err(stderr.trim().to_owned()));
+    }
+    if !out.status.success() {
+        return Err(Error::Build {
+            script: script.display().to_string(),
+            status: out.status.to_string(),
+            stderr,
+        });
+    }
+    Ok(Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()))
+}
+
+/// Serializes lab runs: inside this process, and across test binaries
+/// through a lock file (each nested run wants a whole core).
+struct LabLock {
+    _file: std::fs::File,
+}
+
+static IN_PROCESS: Mutex<()> = Mutex::new(());
+
+fn lock_lab() -> Result<LabLock, Error> {
+    std::fs::create_dir_all(lab_dir()).map_err(io_err("creating target/lab"))?;
+    let path = lab_dir().join("run.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(Error::Io {
+            what: "flock target/lab/run.lock".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(LabLock { _file: file })
+}
+
+/// Run `scenario` in the best mode this host has. `test` names the calling
+/// test for the `SKIPPED` line.
+pub fn run(test: &str, scenario: &Scenario) -> Result<Run, Error> {
+    let mode = match mode() {
+        Ok(m) => m,
+        Err(why) => {
+            kvm::skip(test, &why);
+            return Ok(Run::Skipped(why));
+        }
+    };
+    let _guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    let _lock = lock_lab()?;
+    let arbiter = if scenario.uses(Monitor::Arbiter) {
+        Some(arbiter_bin()?)
+    } else {
+        None
+    };
+    let logs = lab_dir().join("logs");
+    std::fs::create_dir_all(&logs).map_err(io_err("creating target/lab/logs"))?;
+    let log = logs.join(format!("{}.log", scenario.name));
+    let run_dir = lab_dir().join("runs").join(&scenario.name);
+    std::fs::create_dir_all(&run_dir).map_err(io_err("creating the run directory"))?;
+    let script_path = run_dir.join("scenario.sh");
+    std::fs::write(&script_path, scenario.script()).map_err(io_err("writing scenario.sh"))?;
+    let result = match mode {
+        Mode::Direct => run_direct(test, scenario, arbiter.as_deref(), &script_path, &log)?,
+        Mode::Nested => run_nested(test, scenario, arbiter.as_deref(), &run_dir, &log)?,
+    };
+    if let Run::Done(report) = &result {
+        eprintln!("{}", report.summary());
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(lab_dir().join("timings.log"))
+            .and_then(|mut f| writeln!(f, "{}", report.summary()));
+    }
+    Ok(result)
+}
+
+fn run_direct(
+    test: &str,
+    scenario: &Scenario,
+    arbiter: Option<&Path>,
+    script: &Path,
+    log: &Path,
+) -> Result<Run, Error> {
+    if scenario.uses(Monitor::Qemu) && which("qemu-system-x86_64").is_none() {
+        let why =
+            "the scenario's peer VM needs qemu-system-x86_64 (apt-get install qemu-system-x86)"
+                .to_owned();
+        kvm::skip(test, &why);
+        return Ok(Run::Skipped(why));
+    }
+    let env = match run_script(&["build-guest.sh"])? {
+        Ok(env) => env,
+        Err(why) => {
+            kvm::skip(test, &why);
+            return Ok(Run::Skipped(why));
+        }
+    };
+    let tmp = lab_dir().join("tmp").join(&scenario.name);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io_err("creating the scratch directory"))?;
+    let lablib = repo_root().join("tests/lab/host/lablib.sh");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(". \"$1\"; . \"$2\"; echo \"@@LAB end\"")
+        .arg("sh")
+        .arg(&lablib)
+        .arg(script)
+        .env("LAB_MODE", "direct")
+        .env("LAB_TMP", &tmp)
+        .env("QEMU", "qemu-system-x86_64")
+        .env("LAB_OVMF", "/usr/share/ovmf/OVMF.fd")
+        .env("LAB_TEST_GUESTS", guests::dir());
+    if let Some(a) = arbiter {
+        cmd.env("ARBITER", a);
+    }
+    for k in ["LAB_GUEST_KERNEL", "LAB_GUEST_INITRD", "LAB_GUEST_ESP"] {
+        if let Some(v) = env.get(k) {
+            cmd.env(k, v);
+        }
+    }
+    let limit = scenario.time_limit() + Duration::from_secs(30);
+    let attempt = watch(cmd, limit, None, log, 1)?;
+    finish(scenario, Mode::Direct, attempt, 0, log)
+}
+
+fn run_nested(
+    test: &str,
+    scenario: &Scenario,
+    arbiter: Option<&Path>,
+    run_dir: &Path,
+    log: &Path,
+) -> Result<Run, Error> {
+    let arbiter_arg = arbiter.map_or("-".to_owned(), |a| a.display().to_string());
+    let run_dir_s = run_dir.display().to_string();
+    let guests_s = guests::dir().display().to_string();
+    let script_s = run_dir.join("scenario.sh").display().to_string();
+    let env = match run_script(&[
+        "build-labhost.sh",
+        "run",
+        &run_dir_s,
+        &arbiter_arg,
+        &guests_s,
+        &script_s,
+    ])? {
+        Ok(env) => env,
+        Err(why) => {
+            kvm::skip(test, &why);
+            return Ok(Run::Skipped(why));
+        }
+    };
+    let get = |k: &str| {
+        env.get(k).cloned().ok_or_else(|| Error::Build {
+            script: "tests/lab/build-labhost.sh".into(),
+            status: "ok".into(),
+            stderr: format!("did not print {k}"),
+        })
+    };
+    let kernel = get("LAB_HOST_KERNEL")?;
+    let initrd = get("LAB_RUN_INITRD")?;
+    let qemu = get("LAB_OUTER_QEMU")?;
+    let preload = env.get("LAB_OUTER_PRELOAD").cloned().unwrap_or_default();
+    let _ = std::fs::remove_file(log);
+    let limit = scenario.time_limit() + LAB_OVERHEAD;
+    let mut hangs = 0;
+    loop {
+        let mut cmd = Command::new(&qemu);
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "qemu64,+svm,+npt",
+            "-smp",
+            "1",
+            "-m",
+        ])
+        .arg(LAB_MEMORY_MIB.to_string())
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-nodefaults", "-nographic", "-serial", "stdio"])
+        .args(["-monitor", "none", "-no-reboot"]);
+        if !preload.is_empty() {
+            cmd.env("LD_PRELOAD", &preload);
+        }
+        let attempt = watch(cmd, limit, Some(STALL), log, hangs + 1)?;
+        if attempt.hung {
+            hangs += 1;
+            eprintln!(
+                "LAB {}: outer QEMU hang detected (no output for {} s); retry {hangs}/{HANG_RETRIES}",
+                scenario.name,
+                STALL.as_secs()
+            );
+            if hangs <= HANG_RETRIES {
+                continue;
+            }
+            return Err(Error::LabHost {
+                reason: format!("the outer QEMU hung {hangs} times"),
+                log: log.to_owned(),
+            });
+        }
+        return finish(scenario, Mode::Nested, attempt, hangs, log);
+    }
+}
+
+/// One attempt: its output lines and how it ended.
+struct Attempt {
+    lines: Vec<String>,
+    hung: bool,
+    timed_out: bool,
+    status: Option<std::process::ExitStatus>,
+    wall: Duration,
+    lab_boot: Option<Duration>,
+}
+
+/// Run `cmd`, collecting stdout+stderr lines into `log`; kill it at `limit`,
+/// or after `stall` without output (a hang).
+fn watch(
+    mut cmd: Command,
+    limit: Duration,
+    stall: Option<Duration>,
+    log: &Path,
+    attempt_no: u32,
+) -> Result<Attempt, Error> {
+    let mut logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err(format!("opening {}", log.display())))?;
+    let _ = writeln!(logf, "==== attempt {attempt_no}: {cmd:?}");
+    let start = Instant::now();
+    let mut child: Child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(format!("starting {cmd:?}")))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || forward(out, "", &tx)));
+    }
+    if let Some(err) = child.stderr.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || forward(err, "stderr: ", &tx)));
+    }
+    drop(tx);
+    let mut lines = Vec::new();
+    let mut last = Instant::now();
+    let mut hung = false;
+    let mut timed_out = false;
+    let mut lab_boot = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(line) => {
+                last = Instant::now();
+                let _ = writeln!(logf, "[{:8.2}] {line}", start.elapsed().as_secs_f64());
+                if lab_boot.is_none() && line.starts_with("@@LAB kvm ") {
+                    lab_boot = Some(start.elapsed());
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if start.elapsed() > limit {
+            timed_out = true;
+            let _ = writeln!(logf, "==== time limit {} s: killing", limit.as_secs());
+            let _ = child.kill();
+            break;
+        }
+        if stall.is_some_and(|s| last.elapsed() > s) {
+            hung = true;
+            let _ = writeln!(
+                logf,
+                "==== no output for {} s: outer QEMU hang, killing pid {}",
+                last.elapsed().as_secs(),
+                child.id()
+            );
+            let _ = child.kill();
+            break;
+        }
+    }
+    let status = child.wait().ok();
+    // Lines still buffered after a kill.
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+        let _ = writeln!(logf, "[{:8.2}] {line}", start.elapsed().as_secs_f64());
+        lines.push(line);
+    }
+    let wall = start.elapsed();
+    let _ = writeln!(
+        logf,
+        "==== attempt {attempt_no} ended after {:.1} s: {status:?}",
+        wall.as_secs_f64()
+    );
+    Ok(Attempt {
+        lines,
+        hung,
+        timed_out,
+        status,
+        wall,
+        lab_boot,
+    })
+}
+
+fn forward(pipe: impl std::io::Read, prefix: &str, tx: &mpsc::Sender<String>) {
+    let mut r = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    while let Ok(n) = r.read_until(b'\n', &mut buf) {
+        if n == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']).replace('\r', "");
+        if tx.send(format!("{prefix}{line}")).is_err() {
+            break;
+        }
+        buf.clear();
+    }
+}
+
+/// `key=value` fields of a line (words without '=' are skipped).
+fn fields(s: &str) -> BTreeMap<String, String> {
+    s.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Turn the `@@VM`, `@@SERIAL` and `@@RESULT` lines into VM reports.
+pub fn parse_vms(lines: &[String]) -> Vec<VmReport> {
+    let mut out: BTreeMap<String, VmReport> = BTreeMap::new();
+    let mut order = Vec::new();
+    for line in lines {
+        // The serial console may put a line after other text (e.g. ANSI resets).
+        let Some(at) = line.find("@@") else { continue };
+        let l = &line[at..];
+        if let Some(rest) = l.strip_prefix("@@SERIAL ") {
+            let Some((name, text)) = rest.split_once("| ") else {
+                continue;
+            };
+            let vm = out.entry(name.to_owned()).or_default();
+            vm.name = name.to_owned();
+            if let Some(r) = text
+                .find("@@RESULT ")
+                .map(|i| &text[i + "@@RESULT ".len()..])
+            {
+                let mut f = fields(r);
+                vm.results.push(GuestResult {
+                    name: f.remove("name").unwrap_or_default(),
+                    status: f.remove("status").unwrap_or_default(),
+                    fields: f,
+                });
+            }
+            vm.output.push(text.to_owned());
+        } else if let Some(rest) = l.strip_prefix("@@VM ") {
+            let f = fields(rest);
+            let (Some(name), Some(status)) = (f.get("name"), f.get("status")) else {
+                continue;
+            };
+            let vm = out.entry(name.clone()).or_default();
+            vm.name = name.clone();
+            vm.passed = status == "pass";
+            vm.exit = f.get("exit").and_then(|e| e.parse().ok());
+            vm.seconds = f.get("time").and_then(|t| t.parse().ok()).unwrap_or(0.0);
+            vm.reason = f.get("reason").cloned().unwrap_or_default();
+            order.push(name.clone());
+        }
+    }
+    order.iter().filter_map(|n| out.remove(n)).collect()
+}
+
+fn finish(
+    scenario: &Scenario,
+    mode: Mode,
+    attempt: Attempt,
+    hang_retries: u32,
+    log: &Path,
+) -> Result<Run, Error> {
+    let ended = attempt.lines.iter().any(|l| l.contains("@@LAB end"));
+    if mode == Mode::Nested {
+        if let Some(l) = attempt
+            .lines
+            .iter()
+            .find(|l| l.contains("@@LAB kvm status=fail"))
+        {
+            return Err(Error::LabHost {
+                reason: format!("/dev/kvm did not come up in the lab host: {l}"),
+                log: log.to_owned(),
+            });
+        }
+    }
+    if !ended {
+        return Err(Error::LabHost {
+            reason: format!(
+                "the scenario did not finish ({}; exit {:?})",
+                if attempt.timed_out {
+                    "time limit reached"
+                } else {
+                    "no @@LAB end line"
+                },
+                attempt.status
+            ),
+            log: log.to_owned(),
+        });
+    }
+    let mut vms = parse_vms(&attempt.lines);
+    for vm in scenario.vms() {
+        if !vms.iter().any(|v| v.name == vm.name) {
+            vms.push(VmReport {
+                name: vm.name.clone(),
+                reason: "did not report".into(),
+                ..VmReport::default()
+            });
+        }
+    }
+    Ok(Run::Done(Report {
+        scenario: scenario.name.clone(),
+        mode,
+        vms,
+        hang_retries,
+        wall: attempt.wall,
+        lab_boot: attempt.lab_boot,
+        log: log.to_owned(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_quoted_shell_words() {
+        assert_eq!(word("{kernel}"), "\"${LAB_GUEST_KERNEL}\"");
+        assert_eq!(
+            word("file={disk:shared},if=none"),
+            "\"file=${LAB_TMP}/shared.img,if=none\""
+        );
+        assert_eq!(word("{guest:hello}"), "\"${LAB_TEST_GUESTS}/hello.elf\"");
+        assert_eq!(word("a $b \"c\" {nope}"), "\"a \\$b \\\"c\\\" {nope}\"");
+    }
+
+    #[test]
+    fn scenario_script_runs_vms_in_order_and_together() {
+        let s = Scenario::new("t")
+            .disk("d", 8)
+            .vm(Vm::arbiter("one")
+                .args(["--kernel", "{guest:hello}"])
+                .expect_exit(Some(33))
+                .expect_serial("GUEST PASS")
+                .timeout(Duration::from_secs(30)))
+            .together(vec![
+                Vm::qemu("a").expect_exit(None),
+                Vm::qemu("b").timeout(Duration::from_secs(7)),
+            ]);
+        let script = s.script();
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(lines[1], "lab_disk 'd' 8");
+        assert_eq!(
+            lines[2],
+            "lab_vm 'one' 30 33 'GUEST PASS' \"$ARBITER\" \"run\" \"--name\" \"one\" \
+             \"--kernel\" \"${LAB_TEST_GUESTS}/hello.elf\""
+        );
+        assert!(lines[3].starts_with("lab_vm_start 'a' 300 - '' \"$QEMU\" \"-enable-kvm\""));
+        assert!(lines[4].starts_with("lab_vm_start 'b' 7 0 '' \"$QEMU\""));
+        assert_eq!(&lines[5..], ["lab_vm_wait 'a'", "lab_vm_wait 'b'"]);
+        assert_eq!(s.time_limit(), Duration::from_secs(5 + 30 + 300));
+    }
+
+    #[test]
+    fn vm_lines_are_parsed_into_reports() {
+        let lines: Vec<String> = [
+            "@@VM name=g event=start monitor=qemu uptime=3.2",
+            "\x1b[2J@@SERIAL g| Linux version 6.1",
+            "@@SERIAL g| @@RESULT name=sg_inq status=pass vendor=QEMU pdt=disk",
+            "@@HB up=12.0",
+            "@@SERIAL g| @@RESULT name=rw_block status=fail",
+            "@@VM name=g status=fail exit=0 time=14.69 reason=pattern_not_seen",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let vms = parse_vms(&lines);
+        assert_eq!(vms.len(), 1);
+        let g = &vms[0];
+        assert!(!g.passed);
+        assert_eq!(g.exit, Some(0));
+        assert_eq!(g.reason, "pattern_not_seen");
+        assert!((g.seconds - 14.69).abs() < 1e-9);
+        assert_eq!(g.output.len(), 3);
+        let inq = g.result("sg_inq").unwrap();
+        assert_eq!(inq.status, "pass");
+        assert_eq!(inq.fields.get("vendor").map(String::as_str), Some("QEMU"));
+        assert_eq!(g.result("rw_block").unwrap().status, "fail");
+    }
+}

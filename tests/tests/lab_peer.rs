@@ -1,0 +1,70 @@
+//! Peer baseline: the lab's Linux test guest booted by QEMU (`-enable-kvm`,
+//! virtio-scsi-pci + scsi-hd) on the lab's KVM. It proves the guest image
+//! itself works (kernel boots, modules load, virtio_scsi finds the disk,
+//! sg3-utils talks SCSI to it) so that a failure of the same guest under
+//! arbiter is arbiter's. Runs directly on a VMX/SVM host, nested otherwise.
+
+use std::time::Duration;
+
+use arbiter_tests::lab::{self, Run, Scenario, Vm};
+
+#[test]
+fn lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk() {
+    let scenario = Scenario::new("peer_qemu_linux_probe")
+        .disk("disk0", 64)
+        .vm(Vm::qemu("qemu-linux")
+            .args(["-m", "256"])
+            .linux("probe")
+            .args([
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-drive",
+                "file={disk:disk0},if=none,id=d0,format=raw",
+                "-device",
+                "scsi-hd,drive=d0,bus=scsi0.0",
+            ])
+            .timeout(Duration::from_secs(240)));
+    let report = match lab::run(
+        "lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk",
+        &scenario,
+    ) {
+        Ok(Run::Done(r)) => r,
+        Ok(Run::Skipped(_)) => return,
+        Err(e) => panic!("{e}"),
+    };
+    report.assert_passed();
+    let vm = report.vm("qemu-linux");
+    for check in [
+        "modules",
+        "boot",
+        "virtio_scsi_bound",
+        "disk_found",
+        "sg_node",
+        "sg_inq",
+        "sg_readcap",
+        "sg_turs",
+        "rw_block",
+    ] {
+        let r = vm.result(check).unwrap_or_else(|| {
+            panic!(
+                "guest did not report {check} (log: {})",
+                report.log.display()
+            )
+        });
+        assert_eq!(
+            r.status,
+            "pass",
+            "{check}: {r:?} (log: {})",
+            report.log.display()
+        );
+    }
+    let inq = vm.result("sg_inq").unwrap();
+    assert_eq!(inq.fields.get("vendor").map(String::as_str), Some("QEMU"));
+    assert_eq!(inq.fields.get("pdt").map(String::as_str), Some("disk"));
+    // 64 MiB disk = 131072 sectors of 512 bytes, as the guest kernel sees it.
+    let disk = vm.result("disk_found").unwrap();
+    assert_eq!(
+        disk.fields.get("sectors").map(String::as_str),
+        Some("131072")
+    );
+}
