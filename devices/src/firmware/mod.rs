@@ -1,6 +1,6 @@
 //! What the monitor hands to guest firmware (OVMF) the way QEMU's "pc"
 //! machine does: the fw_cfg device and the blobs it carries — the
-//! ACPI table-loader script, the e820 map.
+//! ACPI tables with their table-loader script, SMBIOS, the e820 map.
 //!
 //! The facts come from QEMU's firmware contract as OVMF consumes it
 //! (OvmfPkg/Library/QemuFwCfgLib, OvmfPkg/AcpiPlatformDxe/QemuFwCfgAcpi.c,
@@ -9,4 +9,5 @@
 pub mod acpi;
 pub mod e820;
 pub mod fw_cfg;
+pub mod smbios;
 pub mod table_loader;
