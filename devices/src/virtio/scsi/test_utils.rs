@@ -234,3 +234,102 @@ impl ScsiTarget for FakeTarget {
             .copied()
     }
 }
+
+/// A [`VirtioInterrupt`](crate::virtio::VirtioInterrupt) that records what
+/// the device signalled.
+#[derive(Debug, Default)]
+pub struct RecordingInterrupt {
+    /// Interrupts in order.
+    pub fired: Mutex<Vec<crate::virtio::InterruptType>>,
+    /// Set when the device asked for a reset.
+    pub needs_reset: std::sync::atomic::AtomicBool,
+}
+
+impl RecordingInterrupt {
+    /// Whether DEVICE_NEEDS_RESET was requested.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl crate::virtio::VirtioInterrupt for RecordingInterrupt {
+    fn trigger(&self, ty: crate::virtio::InterruptType) {
+        self.fired.lock().unwrap().push(ty);
+    }
+    fn set_needs_reset(&self) {
+        self.needs_reset
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An MSI group that records routes and deliveries.
+#[derive(Debug)]
+pub struct RecordingMsi {
+    /// (message, masked) per vector.
+    pub routes: Mutex<Vec<(crate::interrupt::MsiMessage, bool)>>,
+    /// Delivered vectors in order.
+    pub fired: Mutex<Vec<u16>>,
+}
+
+impl RecordingMsi {
+    /// `n` vectors.
+    pub fn new(n: u16) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(RecordingMsi {
+            routes: Mutex::new(vec![
+                (crate::interrupt::MsiMessage::default(), true);
+                usize::from(n)
+            ]),
+            fired: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl crate::interrupt::MsiInterruptGroup for RecordingMsi {
+    fn len(&self) -> u16 {
+        u16::try_from(self.routes.lock().unwrap().len()).unwrap_or(u16::MAX)
+    }
+    fn update(
+        &self,
+        vector: u16,
+        msg: crate::interrupt::MsiMessage,
+        masked: bool,
+    ) -> Result<(), crate::interrupt::InterruptError> {
+        let mut r = self.routes.lock().unwrap();
+        let e = r
+            .get_mut(usize::from(vector))
+            .ok_or(crate::interrupt::InterruptError::BadVector(vector))?;
+        *e = (msg, masked);
+        Ok(())
+    }
+    fn trigger(&self, vector: u16) -> Result<(), crate::interrupt::InterruptError> {
+        self.fired.lock().unwrap().push(vector);
+        Ok(())
+    }
+    fn notifier(&self, _vector: u16) -> Option<vmm_sys_util::eventfd::EventFd> {
+        None
+    }
+}
+
+/// An INTx line that records its level changes.
+#[derive(Debug, Default)]
+pub struct RecordingLine {
+    /// Levels set, in order.
+    pub levels: Mutex<Vec<bool>>,
+}
+
+impl RecordingLine {
+    /// The current level.
+    pub fn level(&self) -> bool {
+        self.levels.lock().unwrap().last().copied().unwrap_or(false)
+    }
+}
+
+impl crate::interrupt::InterruptLine for RecordingLine {
+    fn trigger(&self) -> Result<(), crate::interrupt::InterruptError> {
+        Ok(())
+    }
+    fn set_level(&self, high: bool) -> Result<(), crate::interrupt::InterruptError> {
+        self.levels.lock().unwrap().push(high);
+        Ok(())
+    }
+}
