@@ -10,11 +10,20 @@
 //! RESERVATION CONFLICT) and sense; `Err` is only for transport failures
 //! (the data buffers could not be read or written).
 
+pub mod backend;
+pub mod cdb;
+pub mod datain;
+pub mod disk;
+pub mod emulated;
 pub mod nexus;
 pub mod pr;
 pub mod sense;
 pub mod target;
+pub mod unit_attention;
 
+pub use backend::{BlockBackend, FileBackend, FileOptions, MemBackend};
+pub use disk::{Disk, DiskConfig, DiskIdentity};
+pub use emulated::{EmulatedTarget, LogicalUnit};
 pub use nexus::{ItNexus, PortName, TargetPort};
 pub use sense::{Sense, SenseKey, Status};
 pub use target::{

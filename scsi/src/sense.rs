@@ -261,6 +261,12 @@ pub mod codes {
     pub const REPORTED_LUNS_DATA_CHANGED: Sense = Sense::new(UnitAttention, 0x3F, 0x0E);
     /// 6/2F/00 COMMANDS CLEARED BY ANOTHER INITIATOR
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Sense = Sense::new(UnitAttention, 0x2F, 0x00);
+    /// B/4E/00 OVERLAPPED COMMANDS ATTEMPTED (a tag reused while outstanding)
+    pub const OVERLAPPED_COMMANDS: Sense = Sense::new(AbortedCommand, 0x4E, 0x00);
+    /// 4/3E/03 LOGICAL UNIT FAILED SELF-TEST
+    pub const SELF_TEST_FAILED: Sense = Sense::new(HardwareError, 0x3E, 0x03);
+    /// 6/29/01 POWER ON OCCURRED
+    pub const POWER_ON_OCCURRED: Sense = Sense::new(UnitAttention, 0x29, 0x01);
     /// 2/04/00 LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE
     pub const NOT_READY: Sense = Sense::new(NotReady, 0x04, 0x00);
 }

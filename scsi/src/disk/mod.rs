@@ -1,0 +1,655 @@
+//! The emulated disk logical unit (SPC-4 + SBC-4 over a [`BlockBackend`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::backend::BlockBackend;
+use crate::cdb::{self, Cdb, Cmd, Needs, ParseError, UaRule};
+use crate::datain::{complete_data_in, read_data_out};
+use crate::emulated::LogicalUnit;
+use crate::nexus::ItNexus;
+use crate::pr::{PrOutcome, Reservations};
+use crate::sense::{codes, Sense, Status};
+use crate::target::{DataIn, DataOut, Request, Response, TaskMgmt, TmfResponse, TransportError};
+use crate::unit_attention::UaQueue;
+
+mod identity;
+mod mode;
+mod sbc;
+pub(crate) mod spc;
+
+pub use identity::{DiskIdentity, IdentityError, DEFAULT_COMPANY_ID};
+
+/// Largest transfer of one READ/WRITE/VERIFY (reported in VPD 0xB0).
+pub const MAX_TRANSFER_BYTES: u64 = 32 << 20;
+/// Largest range of one UNMAP descriptor / WRITE SAME, in logical blocks.
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+/// Most UNMAP block descriptors per command.
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Most logical blocks of one COMPARE AND WRITE.
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
+/// Capacity of the echo buffer (READ/WRITE BUFFER mode 0x0A).
+pub const ECHO_BUFFER_CAPACITY: usize = 4096;
+/// Longest parameter list accepted by commands that take one.
+const MAX_PARAM_LIST: u64 = 1 << 20;
+/// How long a TMF waits for aborted commands still executing on other queues.
+const ABORT_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a disk configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// Logical block size other than 512 or 4096.
+    #[error("logical block size must be 512 or 4096, not {0}")]
+    BlockSize(u32),
+    /// Physical block exponent too large.
+    #[error("physical block exponent {0} is larger than 15")]
+    PhysicalExponent(u8),
+    /// INQUIRY strings too long or not printable ASCII.
+    #[error("{field} must be printable ASCII of at most {max} bytes: {value:?}")]
+    InquiryString {
+        /// Which field.
+        field: &'static str,
+        /// Its limit.
+        max: usize,
+        /// The value.
+        value: String,
+    },
+    /// Backend size query failed.
+    #[error("cannot read the backend size: {0}")]
+    Size(#[source] std::io::Error),
+}
+
+/// Configuration of an emulated disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// World-wide identity (VPD 0x83 NAA designator), identical wherever the
+    /// same disk is opened.
+    pub identity: DiskIdentity,
+    /// T10 VENDOR IDENTIFICATION (≤ 8 ASCII).
+    pub vendor: String,
+    /// PRODUCT IDENTIFICATION (≤ 16 ASCII).
+    pub product: String,
+    /// PRODUCT REVISION LEVEL (≤ 4 ASCII).
+    pub revision: String,
+    /// Unit serial number (VPD 0x80); default derived from the identity.
+    pub serial: Option<String>,
+    /// Logical block size: 512 or 4096.
+    pub block_size: u32,
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (3 for 512e on 4 KiB).
+    pub physical_block_exponent: u8,
+    /// Write protected.
+    pub read_only: bool,
+    /// MEDIUM ROTATION RATE in VPD 0xB1 (1 = non-rotating, 0 = not reported).
+    pub rotation_rate: u16,
+    /// Offer UNMAP / thin provisioning when the backend can discard.
+    pub unmap: bool,
+    /// Initial (default) WCE: write-back cache enabled.
+    pub write_cache: bool,
+}
+
+impl DiskConfig {
+    /// Defaults: 512-byte blocks, writable, UNMAP on, write cache on.
+    pub fn new(identity: DiskIdentity) -> Self {
+        DiskConfig {
+            identity,
+            vendor: "ARBITER".into(),
+            product: "VIRTUAL DISK".into(),
+            revision: "0001".into(),
+            serial: None,
+            block_size: 512,
+            physical_block_exponent: 0,
+            read_only: false,
+            rotation_rate: 1,
+            unmap: true,
+            write_cache: true,
+        }
+    }
+
+    fn validate(&self) -> Result<(), DiskError> {
+        if self.block_size != 512 && self.block_size != 4096 {
+            return Err(DiskError::BlockSize(self.block_size));
+        }
+        if self.physical_block_exponent > 15 {
+            return Err(DiskError::PhysicalExponent(self.physical_block_exponent));
+        }
+        for (field, max, value) in [
+            ("vendor", 8, &self.vendor),
+            ("product", 16, &self.product),
+            ("revision", 4, &self.revision),
+        ] {
+            if value.len() > max || !value.bytes().all(|c| (0x20..0x7F).contains(&c)) {
+                return Err(DiskError::InquiryString {
+                    field,
+                    max,
+                    value: value.clone(),
+                });
+            }
+        }
+        if let Some(s) = &self.serial {
+            if s.len() > 252 || !s.bytes().all(|c| (0x20..0x7F).contains(&c)) {
+                return Err(DiskError::InquiryString {
+                    field: "serial",
+                    max: 252,
+                    value: s.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Current values of the changeable mode parameters.
+#[derive(Debug)]
+struct ModeState {
+    wce: AtomicBool,
+    d_sense: AtomicBool,
+}
+
+/// Per-I_T-nexus state of the logical unit.
+#[derive(Debug)]
+struct NexusState {
+    ua: UaQueue,
+    /// Outstanding commands by tag; `true` once aborted.
+    tasks: HashMap<u64, bool>,
+    /// Echo buffer (WRITE/READ BUFFER mode 0x0A).
+    echo: Option<Vec<u8>>,
+}
+
+impl NexusState {
+    fn new() -> Self {
+        NexusState {
+            ua: UaQueue::new_nexus(),
+            tasks: HashMap::new(),
+            echo: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct LuState {
+    nexuses: HashMap<ItNexus, NexusState>,
+}
+
+/// A command failed: CHECK CONDITION, another status, or a transport error.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    Check(Sense),
+    Status(Status),
+    Transport(TransportError),
+}
+
+impl From<Sense> for Fail {
+    fn from(s: Sense) -> Self {
+        Fail::Check(s)
+    }
+}
+
+impl From<TransportError> for Fail {
+    fn from(e: TransportError) -> Self {
+        Fail::Transport(e)
+    }
+}
+
+type Res = Result<Vec<u8>, Fail>;
+
+/// Per-command context handed to the command handlers.
+pub(crate) struct Ctx<'a, 'b, 'c> {
+    pub nexus: &'a ItNexus,
+    pub cdb: Cdb<'a>,
+    pub data_out: &'b mut DataOut<'c>,
+    pub out_used: usize,
+}
+
+impl Ctx<'_, '_, '_> {
+    /// Read `n` bytes of data-out.
+    pub fn read_out(&mut self, n: usize) -> Result<Vec<u8>, Fail> {
+        let v = read_data_out(self.data_out, n)?;
+        self.data_out.len -= n;
+        self.out_used += n;
+        Ok(v)
+    }
+
+    /// Read the parameter list (PARAMETER LIST LENGTH bytes of data-out).
+    pub fn params(&mut self) -> Result<Vec<u8>, Fail> {
+        let n = self.cdb.param_len().unwrap_or(0);
+        if n > MAX_PARAM_LIST {
+            return Err(codes::PARAM_LIST_LENGTH_ERROR.into());
+        }
+        self.read_out(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+/// An emulated SBC disk.
+#[derive(Debug)]
+pub struct Disk {
+    cfg: DiskConfig,
+    serial: String,
+    backend: Arc<dyn BlockBackend>,
+    pr: Option<Arc<dyn Reservations>>,
+    discard: bool,
+    blocks: AtomicU64,
+    mode: ModeState,
+    state: Mutex<LuState>,
+    idle: Condvar,
+    /// Shared by writes, exclusive for COMPARE AND WRITE (atomic per LU).
+    caw: RwLock<()>,
+}
+
+impl Disk {
+    /// A disk over `backend`; `pr` is the reservation state of the disk (or
+    /// `None`: reservation commands are then not supported).
+    pub fn new(
+        cfg: DiskConfig,
+        backend: Arc<dyn BlockBackend>,
+        pr: Option<Arc<dyn Reservations>>,
+    ) -> Result<Self, DiskError> {
+        cfg.validate()?;
+        let size = backend.size().map_err(DiskError::Size)?;
+        let blocks = size / u64::from(cfg.block_size);
+        let serial = cfg
+            .serial
+            .clone()
+            .unwrap_or_else(|| cfg.identity.default_serial());
+        let discard = cfg.unmap && !cfg.read_only && backend.supports_discard();
+        Ok(Disk {
+            mode: ModeState {
+                wce: AtomicBool::new(cfg.write_cache),
+                d_sense: AtomicBool::new(false),
+            },
+            cfg,
+            serial,
+            backend,
+            pr,
+            discard,
+            blocks: AtomicU64::new(blocks),
+            state: Mutex::new(LuState::default()),
+            idle: Condvar::new(),
+            caw: RwLock::new(()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DiskConfig {
+        &self.cfg
+    }
+
+    /// Capacity in logical blocks, as last seen.
+    pub fn blocks(&self) -> u64 {
+        self.blocks.load(Ordering::Relaxed)
+    }
+
+    /// Whether UNMAP / logical block provisioning is offered.
+    pub fn thin_provisioned(&self) -> bool {
+        self.discard
+    }
+
+    /// Look at the backend size again; if it changed, establish CAPACITY DATA
+    /// HAS CHANGED (6/2A/09) for every I_T nexus. Returns whether it changed.
+    pub fn check_resize(&self) -> bool {
+        let Ok(size) = self.backend.size() else {
+            return false;
+        };
+        let new = size / u64::from(self.cfg.block_size);
+        let old = self.blocks.swap(new, Ordering::Relaxed);
+        if old == new {
+            return false;
+        }
+        log::info!(
+            "disk {}: capacity {} -> {} blocks",
+            self.cfg.identity,
+            old,
+            new
+        );
+        self.raise_ua_all(codes::CAPACITY_DATA_CHANGED, None);
+        true
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LuState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Establish `ua` for every known nexus except `except`.
+    fn raise_ua_all(&self, ua: Sense, except: Option<&ItNexus>) {
+        let mut st = self.lock();
+        for (n, s) in st.nexuses.iter_mut() {
+            if Some(n) != except {
+                s.ua.push(ua);
+            }
+        }
+    }
+
+    fn d_sense(&self) -> bool {
+        self.mode.d_sense.load(Ordering::Relaxed)
+    }
+
+    fn response(&self, status: Status, sense: Option<Sense>, din: usize, dout: usize) -> Response {
+        Response {
+            status,
+            sense: sense.map(|s| s.encode(self.d_sense())).unwrap_or_default(),
+            data_in_len: din,
+            data_out_len: dout,
+        }
+    }
+
+    fn merge_pr_uas(&self, nexus: &ItNexus, st: &mut NexusState) {
+        if let Some(pr) = &self.pr {
+            for ua in pr.take_unit_attentions(nexus) {
+                st.ua.push(ua);
+            }
+        }
+    }
+
+    /// Register the command: report a pending unit attention instead of
+    /// executing it (unless exempt), or refuse a tag already outstanding.
+    fn begin(&self, req: &Request<'_>, exempt: bool) -> Result<(), Sense> {
+        let mut st = self.lock();
+        if !st.nexuses.contains_key(req.nexus) {
+            st.nexuses.insert(req.nexus.clone(), NexusState::new());
+        }
+        let ns = st
+            .nexuses
+            .get_mut(req.nexus)
+            .ok_or(codes::INTERNAL_TARGET_FAILURE)?;
+        self.merge_pr_uas(req.nexus, ns);
+        if !exempt {
+            if let Some(ua) = ns.ua.pop() {
+                return Err(ua);
+            }
+        }
+        if ns.tasks.contains_key(&req.tag) {
+            // Overlapped command: SAM-5 5.9.3 aborts the new one (and the
+            // old one, which we let finish; its tag stays tracked).
+            return Err(codes::OVERLAPPED_COMMANDS);
+        }
+        ns.tasks.insert(req.tag, false);
+        Ok(())
+    }
+
+    /// Unregister the command; returns whether it was aborted meanwhile.
+    fn end(&self, req: &Request<'_>) -> bool {
+        let mut st = self.lock();
+        let aborted = st
+            .nexuses
+            .get_mut(req.nexus)
+            .and_then(|ns| ns.tasks.remove(&req.tag))
+            .unwrap_or(false);
+        drop(st);
+        if aborted {
+            self.idle.notify_all();
+        }
+        aborted
+    }
+
+    fn run(&self, ctx: &mut Ctx<'_, '_, '_>) -> Res {
+        let info = ctx.cdb.info;
+        let supported = match info.needs {
+            Needs::Nothing => true,
+            Needs::Discard => self.discard,
+            Needs::Reservations => self.pr.is_some(),
+        };
+        if !supported {
+            return Err(codes::INVALID_OPCODE.in_cdb(0, None).into());
+        }
+        ctx.cdb
+            .check_reserved()
+            .map_err(|e| Fail::Check(e.sense().unwrap_or(codes::INVALID_FIELD_IN_CDB)))?;
+        if let Some(pr) = &self.pr {
+            if pr.conflicts(ctx.nexus, info.access) {
+                return Err(Fail::Status(Status::ReservationConflict));
+            }
+        }
+        match info.cmd {
+            Cmd::TestUnitReady => Ok(Vec::new()),
+            Cmd::RequestSense => self.request_sense(ctx),
+            Cmd::Inquiry => self.inquiry(ctx),
+            Cmd::ReportLuns => Err(codes::INTERNAL_TARGET_FAILURE.into()),
+            Cmd::ModeSense6 | Cmd::ModeSense10 => self.mode_sense(ctx),
+            Cmd::ModeSelect6 | Cmd::ModeSelect10 => self.mode_select(ctx),
+            Cmd::ReportSupportedOpcodes => self.report_opcodes(ctx),
+            Cmd::ReportSupportedTmfs => Ok(spc::report_tmfs(&ctx.cdb)),
+            Cmd::ReadBuffer => self.read_buffer(ctx),
+            Cmd::WriteBuffer => self.write_buffer(ctx),
+            Cmd::LogSense => spc::log_sense(&ctx.cdb),
+            Cmd::SendDiagnostic => self.send_diagnostic(ctx),
+            Cmd::PersistentReserveIn => self.pr_call(|pr| pr.reserve_in(ctx.nexus, ctx.cdb.bytes)),
+            Cmd::PersistentReserveOut => {
+                let params = ctx.params()?;
+                self.pr_call(|pr| pr.reserve_out(ctx.nexus, ctx.cdb.bytes, &params))
+            }
+            Cmd::Reserve6 | Cmd::Reserve10 => self.pr_call(|pr| pr.scsi2_reserve(ctx.nexus)),
+            Cmd::Release6 | Cmd::Release10 => self.pr_call(|pr| pr.scsi2_release(ctx.nexus)),
+            Cmd::Read6 | Cmd::Read10 | Cmd::Read12 | Cmd::Read16 => self.read(ctx),
+            Cmd::Write6 | Cmd::Write10 | Cmd::Write12 | Cmd::Write16 => self.write(ctx, false),
+            Cmd::WriteAndVerify10 | Cmd::WriteAndVerify16 => self.write(ctx, true),
+            Cmd::Verify10 | Cmd::Verify16 => self.verify(ctx),
+            Cmd::ReadCapacity10 => Ok(self.read_capacity10()),
+            Cmd::ReadCapacity16 => Ok(self.read_capacity16()),
+            Cmd::SynchronizeCache10 | Cmd::SynchronizeCache16 => self.synchronize_cache(ctx),
+            Cmd::Unmap => self.unmap(ctx),
+            Cmd::WriteSame10 | Cmd::WriteSame16 => self.write_same(ctx),
+            Cmd::CompareAndWrite => self.compare_and_write(ctx),
+            Cmd::GetLbaStatus => self.get_lba_status(ctx),
+            Cmd::StartStopUnit => self.start_stop(ctx),
+            Cmd::PreventAllowMediumRemoval => Ok(Vec::new()),
+            Cmd::FormatUnit => self.format_unit(ctx),
+        }
+    }
+
+    fn pr_call(&self, f: impl FnOnce(&dyn Reservations) -> PrOutcome) -> Res {
+        let pr = self.pr.as_deref().ok_or(codes::INVALID_OPCODE)?;
+        let out = f(pr);
+        match (out.status, out.sense) {
+            (Status::Good, _) => Ok(out.data),
+            (Status::CheckCondition, Some(s)) => Err(Fail::Check(s)),
+            (Status::CheckCondition, None) => Err(Fail::Check(codes::INTERNAL_TARGET_FAILURE)),
+            (st, _) => Err(Fail::Status(st)),
+        }
+    }
+
+    /// Wait until no command of the nexuses selected by `which` is marked
+    /// aborted any more (they finished on their queues), up to ABORT_WAIT.
+    fn wait_aborted(&self, mut st: MutexGuard<'_, LuState>) {
+        let deadline = Instant::now() + ABORT_WAIT;
+        loop {
+            let pending = st
+                .nexuses
+                .values()
+                .any(|ns| ns.tasks.values().any(|&aborted| aborted));
+            if !pending {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!("disk {}: aborted commands still running", self.cfg.identity);
+                return;
+            }
+            st = match self.idle.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    fn reset_mode(&self) {
+        self.mode.wce.store(self.cfg.write_cache, Ordering::Relaxed);
+        self.mode.d_sense.store(false, Ordering::Relaxed);
+    }
+}
+
+impl LogicalUnit for Disk {
+    fn execute(
+        &self,
+        req: &Request<'_>,
+        mut data_out: DataOut<'_>,
+        mut data_in: DataIn<'_>,
+    ) -> Result<Response, TransportError> {
+        let parsed = match cdb::lookup(req.cdb) {
+            Ok(c) => Ok(c),
+            Err(ParseError::Empty) => return Err(TransportError::EmptyCdb),
+            Err(ParseError::TooShort { opcode, got, need }) => {
+                return Err(TransportError::CdbTooShort { opcode, got, need })
+            }
+            Err(e) => Err(e),
+        };
+        let (exempt, cmd) = match &parsed {
+            Ok(c) => (c.info.ua == UaRule::Exempt, Some(c.cmd())),
+            Err(_) => (false, None),
+        };
+        if matches!(
+            cmd,
+            Some(Cmd::TestUnitReady | Cmd::ReadCapacity10 | Cmd::ReadCapacity16)
+        ) {
+            self.check_resize();
+        }
+        if let Err(sense) = self.begin(req, exempt) {
+            return Ok(self.response(Status::CheckCondition, Some(sense), 0, 0));
+        }
+        let cdb = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                self.end(req);
+                let sense = e.sense().unwrap_or(codes::INVALID_OPCODE);
+                return Ok(self.response(Status::CheckCondition, Some(sense), 0, 0));
+            }
+        };
+        let mut ctx = Ctx {
+            nexus: req.nexus,
+            cdb,
+            data_out: &mut data_out,
+            out_used: 0,
+        };
+        let result = self.run(&mut ctx);
+        let used = ctx.out_used;
+        let aborted = self.end(req);
+        if aborted {
+            return Ok(self.response(Status::TaskAborted, None, 0, used));
+        }
+        match result {
+            Ok(data) => {
+                let n = complete_data_in(&data, cdb.alloc_len(), &mut data_in)?;
+                Ok(self.response(Status::Good, None, n, used))
+            }
+            Err(Fail::Check(s)) => Ok(self.response(Status::CheckCondition, Some(s), 0, used)),
+            Err(Fail::Status(st)) => Ok(self.response(st, None, 0, used)),
+            Err(Fail::Transport(e)) => Err(e),
+        }
+    }
+
+    fn task_mgmt(&self, nexus: &ItNexus, tmf: TaskMgmt) -> TmfResponse {
+        let mut st = self.lock();
+        match tmf {
+            TaskMgmt::AbortTask(tag) => {
+                if let Some(a) = st
+                    .nexuses
+                    .get_mut(nexus)
+                    .and_then(|ns| ns.tasks.get_mut(&tag))
+                {
+                    *a = true;
+                }
+                self.wait_aborted(st);
+                TmfResponse::Complete
+            }
+            TaskMgmt::AbortTaskSet => {
+                if let Some(ns) = st.nexuses.get_mut(nexus) {
+                    ns.tasks.values_mut().for_each(|a| *a = true);
+                }
+                self.wait_aborted(st);
+                TmfResponse::Complete
+            }
+            TaskMgmt::ClearTaskSet => {
+                for (n, ns) in st.nexuses.iter_mut() {
+                    if ns.tasks.is_empty() {
+                        continue;
+                    }
+                    ns.tasks.values_mut().for_each(|a| *a = true);
+                    if n != nexus {
+                        // TAS = 0: the other nexus learns through a UA.
+                        ns.ua.push(codes::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
+                    }
+                }
+                self.wait_aborted(st);
+                TmfResponse::Complete
+            }
+            TaskMgmt::LogicalUnitReset => {
+                for ns in st.nexuses.values_mut() {
+                    ns.tasks.values_mut().for_each(|a| *a = true);
+                    ns.ua.push(codes::BUS_DEVICE_RESET);
+                    ns.echo = None;
+                }
+                self.reset_mode();
+                if let Some(pr) = &self.pr {
+                    pr.lu_reset();
+                }
+                self.wait_aborted(st);
+                TmfResponse::Complete
+            }
+            TaskMgmt::ItNexusReset => {
+                let ns = st
+                    .nexuses
+                    .entry(nexus.clone())
+                    .or_insert_with(NexusState::new);
+                ns.tasks.values_mut().for_each(|a| *a = true);
+                ns.ua.push(codes::I_T_NEXUS_LOSS);
+                ns.echo = None;
+                if let Some(pr) = &self.pr {
+                    pr.nexus_loss(nexus);
+                }
+                self.wait_aborted(st);
+                TmfResponse::Complete
+            }
+            TaskMgmt::QueryTask(tag) => {
+                let live = st
+                    .nexuses
+                    .get(nexus)
+                    .and_then(|ns| ns.tasks.get(&tag))
+                    .is_some_and(|&aborted| !aborted);
+                if live {
+                    TmfResponse::Succeeded
+                } else {
+                    TmfResponse::Complete
+                }
+            }
+            TaskMgmt::QueryTaskSet => {
+                let any = st
+                    .nexuses
+                    .get(nexus)
+                    .is_some_and(|ns| ns.tasks.values().any(|&a| !a));
+                if any {
+                    TmfResponse::Succeeded
+                } else {
+                    TmfResponse::Complete
+                }
+            }
+            TaskMgmt::QueryAsyncEvent => {
+                let ns = st
+                    .nexuses
+                    .entry(nexus.clone())
+                    .or_insert_with(NexusState::new);
+                self.merge_pr_uas(nexus, ns);
+                if ns.ua.is_empty() {
+                    TmfResponse::Complete
+                } else {
+                    TmfResponse::Succeeded
+                }
+            }
+            // NACA is not supported, so there is never an ACA to clear.
+            TaskMgmt::ClearAca => TmfResponse::Rejected,
+        }
+    }
+
+    fn pending_unit_attention(&self, nexus: &ItNexus) -> Option<Sense> {
+        let mut st = self.lock();
+        let ns = st
+            .nexuses
+            .entry(nexus.clone())
+            .or_insert_with(NexusState::new);
+        self.merge_pr_uas(nexus, ns);
+        ns.ua.peek().copied()
+    }
+
+    fn raise_unit_attention(&self, ua: Sense) {
+        self.raise_ua_all(ua, None);
+    }
+}

@@ -1,0 +1,260 @@
+//! [`EmulatedTarget`]: a SCSI target device with a map of logical units.
+//!
+//! The target answers REPORT LUNS itself (for any LUN), answers commands to
+//! absent LUNs (INQUIRY: peripheral qualifier 3, type 0x1F; REQUEST SENSE:
+//! LOGICAL UNIT NOT SUPPORTED as data; anything else CHECK CONDITION 5/25/00),
+//! and hands every other command to the addressed [`LogicalUnit`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use crate::cdb::{self, Cmd, ParseError};
+use crate::datain::complete_data_in;
+use crate::disk::spc::standard_inquiry;
+use crate::nexus::ItNexus;
+use crate::sense::{codes, Sense, Status};
+use crate::target::{
+    DataIn, DataOut, Lun, Request, Response, ScsiTarget, TaskMgmt, TmfResponse, TransportError,
+};
+
+/// One logical unit behind the target. Same contract as [`ScsiTarget`], for
+/// one LUN: safe to call from several queues at once.
+pub trait LogicalUnit: Send + Sync + std::fmt::Debug {
+    /// Execute one command addressed to this unit.
+    fn execute(
+        &self,
+        req: &Request<'_>,
+        data_out: DataOut<'_>,
+        data_in: DataIn<'_>,
+    ) -> Result<Response, TransportError>;
+
+    /// Task management for `nexus` on this unit. For I_T NEXUS RESET the
+    /// target calls every unit.
+    fn task_mgmt(&self, nexus: &ItNexus, tmf: TaskMgmt) -> TmfResponse;
+
+    /// The unit attention the next command from `nexus` would report.
+    fn pending_unit_attention(&self, nexus: &ItNexus) -> Option<Sense>;
+
+    /// Establish a unit attention for every I_T nexus (e.g. REPORTED LUNS
+    /// DATA HAS CHANGED).
+    fn raise_unit_attention(&self, ua: Sense);
+}
+
+/// Why a LUN could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LunError {
+    /// LUNs are 0..=16383.
+    #[error("LUN {0} is out of range (0..=16383)")]
+    OutOfRange(Lun),
+    /// Already present.
+    #[error("LUN {0} is already in use")]
+    InUse(Lun),
+}
+
+/// Highest single-level LUN.
+pub const MAX_LUN: Lun = 16383;
+
+/// A target device with logical units.
+#[derive(Debug, Default)]
+pub struct EmulatedTarget {
+    luns: RwLock<BTreeMap<Lun, Arc<dyn LogicalUnit>>>,
+}
+
+impl EmulatedTarget {
+    /// A target without logical units.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builder form of [`EmulatedTarget::add_lun`].
+    pub fn with_lun(self, lun: Lun, lu: Arc<dyn LogicalUnit>) -> Result<Self, LunError> {
+        self.add_lun(lun, lu)?;
+        Ok(self)
+    }
+
+    fn map(&self) -> RwLockReadGuard<'_, BTreeMap<Lun, Arc<dyn LogicalUnit>>> {
+        self.luns.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add a logical unit (hot-plug): the other units report REPORTED LUNS
+    /// DATA HAS CHANGED (6/3F/0E) to every nexus.
+    pub fn add_lun(&self, lun: Lun, lu: Arc<dyn LogicalUnit>) -> Result<(), LunError> {
+        if lun > MAX_LUN {
+            return Err(LunError::OutOfRange(lun));
+        }
+        let mut m = self.luns.write().unwrap_or_else(|e| e.into_inner());
+        if m.contains_key(&lun) {
+            return Err(LunError::InUse(lun));
+        }
+        for other in m.values() {
+            other.raise_unit_attention(codes::REPORTED_LUNS_DATA_CHANGED);
+        }
+        m.insert(lun, lu);
+        Ok(())
+    }
+
+    /// Remove a logical unit (hot-unplug); the remaining units report
+    /// REPORTED LUNS DATA HAS CHANGED.
+    pub fn remove_lun(&self, lun: Lun) -> Option<Arc<dyn LogicalUnit>> {
+        let mut m = self.luns.write().unwrap_or_else(|e| e.into_inner());
+        let lu = m.remove(&lun)?;
+        for other in m.values() {
+            other.raise_unit_attention(codes::REPORTED_LUNS_DATA_CHANGED);
+        }
+        Some(lu)
+    }
+
+    /// The unit at `lun`.
+    pub fn lun(&self, lun: Lun) -> Option<Arc<dyn LogicalUnit>> {
+        self.map().get(&lun).cloned()
+    }
+
+    /// LUNs present, ascending.
+    pub fn luns(&self) -> Vec<Lun> {
+        self.map().keys().copied().collect()
+    }
+
+    fn check(sense: Sense) -> Response {
+        Response {
+            status: Status::CheckCondition,
+            sense: sense.to_fixed().to_vec(),
+            data_in_len: 0,
+            data_out_len: 0,
+        }
+    }
+
+    fn good(n: usize) -> Response {
+        Response {
+            status: Status::Good,
+            sense: Vec::new(),
+            data_in_len: n,
+            data_out_len: 0,
+        }
+    }
+
+    /// REPORT LUNS (SPC-4 6.33), answered by the target for any LUN.
+    fn report_luns(
+        &self,
+        c: &cdb::Cdb<'_>,
+        data_in: &mut DataIn<'_>,
+    ) -> Result<Response, TransportError> {
+        if let Err(e) = c.check_reserved() {
+            return Ok(Self::check(
+                e.sense().unwrap_or(codes::INVALID_FIELD_IN_CDB),
+            ));
+        }
+        let alloc = c.alloc_len().unwrap_or(0);
+        if alloc < 16 {
+            return Ok(Self::check(codes::INVALID_FIELD_IN_CDB.in_cdb(6, None)));
+        }
+        let luns: Vec<Lun> = match c.byte(2) {
+            // All logical units (0), or all including well-known ones (2):
+            // we have no well-known logical units.
+            0x00 | 0x02 => self.luns(),
+            // Well-known logical units only.
+            0x01 => Vec::new(),
+            _ => return Ok(Self::check(codes::INVALID_FIELD_IN_CDB.in_cdb(2, None))),
+        };
+        let mut out = vec![0u8; 8];
+        let len = u32::try_from(luns.len() * 8).unwrap_or(u32::MAX);
+        out[0..4].copy_from_slice(&len.to_be_bytes());
+        for lun in luns {
+            out.extend_from_slice(&encode_lun(lun));
+        }
+        let n = complete_data_in(&out, Some(alloc), data_in)?;
+        Ok(Self::good(n))
+    }
+
+    /// A command to a LUN without a logical unit.
+    fn absent_lun(
+        &self,
+        c: &cdb::Cdb<'_>,
+        data_in: &mut DataIn<'_>,
+    ) -> Result<Response, TransportError> {
+        if let Err(e) = c.check_reserved() {
+            return Ok(Self::check(
+                e.sense().unwrap_or(codes::INVALID_FIELD_IN_CDB),
+            ));
+        }
+        let data = match c.cmd() {
+            Cmd::Inquiry => {
+                if c.bit(1, 0) {
+                    // VPD: only the supported-pages page, with PQ 3.
+                    if c.byte(2) != 0 {
+                        return Ok(Self::check(codes::INVALID_FIELD_IN_CDB.in_cdb(2, None)));
+                    }
+                    vec![0x7F, 0x00, 0x00, 0x01, 0x00]
+                } else {
+                    if c.byte(2) != 0 {
+                        return Ok(Self::check(codes::INVALID_FIELD_IN_CDB.in_cdb(2, None)));
+                    }
+                    standard_inquiry(0x7F, "", "", "")
+                }
+            }
+            Cmd::RequestSense => codes::LUN_NOT_SUPPORTED.encode(c.bit(1, 0)),
+            _ => return Ok(Self::check(codes::LUN_NOT_SUPPORTED)),
+        };
+        let n = complete_data_in(&data, c.alloc_len(), data_in)?;
+        Ok(Self::good(n))
+    }
+}
+
+/// The 8-byte LUN of REPORT LUNS: peripheral device addressing below 256,
+/// flat space addressing above.
+pub fn encode_lun(lun: Lun) -> [u8; 8] {
+    let [hi, lo] = lun.to_be_bytes();
+    if lun < 256 {
+        [0, lo, 0, 0, 0, 0, 0, 0]
+    } else {
+        [0x40 | (hi & 0x3F), lo, 0, 0, 0, 0, 0, 0]
+    }
+}
+
+impl ScsiTarget for EmulatedTarget {
+    fn execute(
+        &self,
+        req: &Request<'_>,
+        data_out: DataOut<'_>,
+        mut data_in: DataIn<'_>,
+    ) -> Result<Response, TransportError> {
+        let parsed = cdb::lookup(req.cdb);
+        match parsed {
+            Err(ParseError::Empty) => return Err(TransportError::EmptyCdb),
+            Err(ParseError::TooShort { opcode, got, need }) => {
+                return Err(TransportError::CdbTooShort { opcode, got, need })
+            }
+            Ok(c) if c.cmd() == Cmd::ReportLuns => return self.report_luns(&c, &mut data_in),
+            _ => {}
+        }
+        let map = self.map();
+        match map.get(&req.lun) {
+            Some(lu) => lu.execute(req, data_out, data_in),
+            None => match parsed {
+                Ok(c) => self.absent_lun(&c, &mut data_in),
+                Err(_) => Ok(Self::check(codes::LUN_NOT_SUPPORTED)),
+            },
+        }
+    }
+
+    fn task_mgmt(&self, nexus: &ItNexus, lun: Lun, tmf: TaskMgmt) -> TmfResponse {
+        let map = self.map();
+        if tmf == TaskMgmt::ItNexusReset {
+            for lu in map.values() {
+                lu.task_mgmt(nexus, tmf);
+            }
+            return TmfResponse::Complete;
+        }
+        match map.get(&lun) {
+            Some(lu) => lu.task_mgmt(nexus, tmf),
+            None => TmfResponse::IncorrectLun,
+        }
+    }
+
+    fn has_lun(&self, lun: Lun) -> bool {
+        self.map().contains_key(&lun)
+    }
+
+    fn pending_unit_attention(&self, nexus: &ItNexus, lun: Lun) -> Option<Sense> {
+        self.map().get(&lun)?.pending_unit_attention(nexus)
+    }
+}
