@@ -9,5 +9,6 @@
 pub mod acpi;
 pub mod e820;
 pub mod fw_cfg;
+pub mod pflash;
 pub mod smbios;
 pub mod table_loader;
