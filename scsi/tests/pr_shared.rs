@@ -244,9 +244,11 @@ fn first_opener_after_a_crash_drops_volatile_state() {
 fn corrupt_state_is_detected_and_replaced() {
     let (_dir, img) = disk();
     let b = base(&img);
-    let mut s = PrState::default();
-    s.generation = 9;
-    s.aptpl = true;
+    let s = PrState {
+        generation: 9,
+        aptpl: true,
+        ..PrState::default()
+    };
     let good = encode(3, &[1; 16], &s);
     assert_eq!(decode(&good).unwrap(), (3, [1; 16], s.clone()));
     // Every truncation and every single flipped byte is rejected.
