@@ -72,8 +72,23 @@ pub enum IoEventAddress {
     Mmio(u64),
 }
 
+/// What value (and access width) an ioeventfd fires on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataMatch {
+    /// Any write of any width.
+    Any,
+    /// A 1-byte write of this value.
+    U8(u8),
+    /// A 2-byte write of this value (virtio-pci notify: the queue index).
+    U16(u16),
+    /// A 4-byte write of this value.
+    U32(u32),
+    /// An 8-byte write of this value.
+    U64(u64),
+}
+
 /// Registers doorbell eventfds with the hypervisor, so a guest write of
-/// `datamatch` (or anything, if `None`) at an address only signals the
+/// `datamatch` at an address only signals the
 /// eventfd and never exits to a vCPU-thread device handler.
 pub trait IoEventRegistrar: Send + Sync {
     /// Start signalling `fd` for writes at `addr` (matching `datamatch`).
@@ -81,14 +96,14 @@ pub trait IoEventRegistrar: Send + Sync {
         &self,
         fd: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: DataMatch,
     ) -> Result<(), InterruptError>;
     /// Stop it (same arguments as the registration).
     fn unregister_ioevent(
         &self,
         fd: &EventFd,
         addr: IoEventAddress,
-        datamatch: Option<u64>,
+        datamatch: DataMatch,
     ) -> Result<(), InterruptError>;
 }
 

@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod firmware;
 pub mod interrupt;
+pub mod legacy;
 pub mod lifecycle;
 pub mod pci;
 pub mod virtio;

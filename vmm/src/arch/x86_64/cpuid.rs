@@ -1,0 +1,124 @@
+//! Per-vCPU CPUID from KVM_GET_SUPPORTED_CPUID: APIC IDs, topology
+//! (leaves 0x1, 0x4, 0xB, 0x1F), x2APIC, the hypervisor bit and the TSC
+//! frequency leaf.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE: u32 = 0x4;
+const LEAF_TOPOLOGY: u32 = 0xB;
+const LEAF_TOPOLOGY_V2: u32 = 0x1F;
+const LEAF_HV_TIMING: u32 = 0x4000_0010;
+const ECX_X2APIC: u32 = 1 << 21;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const EDX_HTT: u32 = 1 << 28;
+
+/// Bits needed to number `n` things.
+fn bits_for(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+/// Patch `cpuid` (as KVM supports it) for vCPU `id` of `count` (one
+/// socket, `count` cores, one thread each). `tsc_khz`, when known, is
+/// published in leaf 0x40000010.
+pub fn patch(cpuid: &mut CpuId, id: u8, count: u8, tsc_khz: Option<u32>) {
+    let core_bits = bits_for(u32::from(count));
+    let apic_id = u32::from(id);
+    for e in cpuid.as_mut_slice().iter_mut() {
+        patch_entry(e, apic_id, u32::from(count), core_bits, tsc_khz);
+    }
+}
+
+fn patch_entry(
+    e: &mut kvm_cpuid_entry2,
+    apic_id: u32,
+    count: u32,
+    core_bits: u32,
+    tsc_khz: Option<u32>,
+) {
+    match e.function {
+        LEAF_FEATURES => {
+            // EBX[31:24] initial APIC ID, [23:16] logical processors per package.
+            e.ebx = (e.ebx & 0x0000_FFFF) | (apic_id << 24) | ((count.min(255)) << 16);
+            e.ecx |= ECX_HYPERVISOR | ECX_X2APIC;
+            e.ecx |= ECX_TSC_DEADLINE & e.ecx;
+            if count > 1 {
+                e.edx |= EDX_HTT;
+            } else {
+                e.edx &= !EDX_HTT;
+            }
+        }
+        LEAF_CACHE => {
+            // EAX[31:26]: cores per package - 1; [25:14]: threads sharing the cache - 1.
+            let cache_level = (e.eax >> 5) & 7;
+            let sharing = if cache_level >= 3 { count - 1 } else { 0 };
+            e.eax = (e.eax & 0x3FFF) | ((count - 1) << 26) | (sharing << 14);
+        }
+        LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
+            // Sub-leaf 0: SMT level (1 thread per core); 1: core level.
+            match e.index {
+                0 => {
+                    e.eax = 0;
+                    e.ebx = 1;
+                    e.ecx = (1 << 8) | e.index;
+                }
+                1 => {
+                    e.eax = core_bits;
+                    e.ebx = count;
+                    e.ecx = (2 << 8) | e.index;
+                }
+                _ => {
+                    e.eax = 0;
+                    e.ebx = 0;
+                    e.ecx = e.index;
+                }
+            }
+            e.edx = apic_id;
+        }
+        LEAF_HV_TIMING => {
+            if let Some(khz) = tsc_khz {
+                e.eax = khz;
+                e.ebx = 1_000_000; // LAPIC timer: 1 GHz bus clock in KVM
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: 0x21,
+            ebx: 0x0001_0800,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn apic_ids_and_topology() {
+        let mut cpuid =
+            CpuId::from_entries(&[entry(1, 0), entry(0xB, 0), entry(0xB, 1), entry(4, 0)]).unwrap();
+        patch(&mut cpuid, 3, 4, None);
+        let s = cpuid.as_slice();
+        assert_eq!(s[0].ebx >> 24, 3);
+        assert_eq!((s[0].ebx >> 16) & 0xFF, 4);
+        assert_ne!(s[0].ecx & ECX_X2APIC, 0);
+        assert_ne!(s[0].ecx & ECX_HYPERVISOR, 0);
+        assert_eq!((s[1].ebx, s[1].edx, s[1].ecx >> 8), (1, 3, 1));
+        assert_eq!((s[2].eax, s[2].ebx, s[2].edx, s[2].ecx >> 8), (2, 4, 3, 2));
+        assert_eq!(s[3].eax >> 26, 3);
+        assert_eq!(bits_for(1), 0);
+        assert_eq!(bits_for(2), 1);
+        assert_eq!(bits_for(5), 3);
+    }
+}

@@ -1,0 +1,8 @@
+//! x86-64: the guest physical layout, boot protocols, CPUID and the boot
+//! vCPU's register state.
+
+pub mod bzimage;
+pub mod cpuid;
+pub mod layout;
+pub mod pvh;
+pub mod regs;

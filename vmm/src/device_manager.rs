@@ -1,0 +1,231 @@
+//! Builds the "pc" platform and is where every device is plugged in.
+//!
+//! Adding a PCI device (what virtio-pci does):
+//! 1. Reserve BAR space: [`DeviceManager::allocate_mmio32`],
+//!    [`allocate_mmio64`](DeviceManager::allocate_mmio64) or
+//!    [`allocate_io`](DeviceManager::allocate_io) (size = alignment, a power of two).
+//! 2. Get interrupts: `dm.interrupt_manager().create_msi_group(n)` gives an
+//!    `Arc<dyn MsiInterruptGroup>` (one GSI + irqfd per vector; hand it to
+//!    `MsixConfig::new`); `notifier(v)` gives the irqfd to write from a
+//!    queue handler on the event loop.
+//! 3. Doorbells: `dm.ioevents().register_ioevent(&fd, IoEventAddress::Mmio(addr), DataMatch::U16(q))`;
+//!    re-register in `PciDevice::bar_moved` when the guest moves the BAR.
+//! 4. Build the device with `PciConfiguration::add_bar(i, info, addr)` and
+//!    call [`add_pci_device`](DeviceManager::add_pci_device); it maps the BARs.
+//! 5. Event-loop work: [`add_subscriber`](DeviceManager::add_subscriber).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use devices::bus::{Bus, BusError};
+use devices::interrupt::{InterruptError, InterruptManager, IoEventRegistrar};
+use devices::legacy::{
+    cmos, debug_exit, i8042, port92, serial, Cmos, DebugExit, DebugPort, Port92, Serial, I8042,
+};
+use devices::lifecycle::ExitHandler;
+use devices::pci::root::{ConfigOnlyFunction, PciRootError, CONFIG_ADDRESS_PORT, CONFIG_IO_LEN};
+use devices::pci::{PciAddress, PciDevice, PciRoot};
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::VmFd;
+
+use crate::allocator::{AddressAllocator, AllocError};
+use crate::arch::x86_64::layout;
+use crate::stop::StopFlag;
+use crate::vstate::vm::KvmInterrupts;
+
+/// Event-loop subscriber handle.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Device set-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Bus conflict.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// Interrupt back end.
+    #[error("interrupts: {0}")]
+    Interrupt(#[from] InterruptError),
+    /// PCI.
+    #[error("PCI: {0}")]
+    Pci(#[from] PciRootError),
+    /// Address space exhausted.
+    #[error("allocating: {0}")]
+    Alloc(#[from] AllocError),
+}
+
+/// All devices of one VM.
+pub struct DeviceManager {
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    interrupts: Arc<KvmInterrupts>,
+    pci: Arc<Mutex<PciRoot>>,
+    serial: Arc<Mutex<Serial>>,
+    io_alloc: Mutex<AddressAllocator>,
+    mmio32_alloc: Mutex<AddressAllocator>,
+    mmio64_alloc: Mutex<AddressAllocator>,
+    subscribers: Vec<Subscriber>,
+}
+
+impl std::fmt::Debug for DeviceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceManager")
+            .field("pio", &self.pio)
+            .field("mmio", &self.mmio)
+            .finish()
+    }
+}
+
+/// Wrap a device for a bus.
+fn shared<T: devices::bus::BusDevice + 'static>(d: T) -> Arc<Mutex<T>> {
+    Arc::new(Mutex::new(d))
+}
+
+impl DeviceManager {
+    /// The legacy platform and PCI bus 0 with the i440FX/PIIX functions.
+    pub fn new(
+        vm: Arc<VmFd>,
+        memory: u64,
+        serial_out: Box<dyn Write + Send>,
+        stop: Arc<StopFlag>,
+    ) -> Result<Self, DeviceError> {
+        let interrupts = Arc::new(KvmInterrupts::new(vm)?);
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let exit: Arc<dyn ExitHandler> = stop;
+
+        let serial = shared(Serial::new(interrupts.line(serial::COM1_IRQ)?, serial_out));
+        pio.insert(serial.clone(), serial::COM1_PORT, 8)?;
+        let (below, above) = layout::ram_split(memory);
+        pio.insert(shared(Cmos::new(below, above)), cmos::CMOS_PORT, 2)?;
+        pio.insert(shared(I8042::new(exit.clone())), i8042::I8042_DATA, 5)?;
+        pio.insert(shared(Port92::new(exit.clone())), port92::PORT92, 1)?;
+        pio.insert(
+            shared(DebugExit::new(exit.clone())),
+            debug_exit::DEBUG_EXIT_PORT,
+            1,
+        )?;
+        pio.insert(shared(DebugPort::post_codes()), 0x80, 1)?;
+        pio.insert(shared(DebugPort::console(None)), 0x402, 1)?;
+
+        let mut root = PciRoot::new(pio.clone(), mmio.clone(), exit.clone());
+        root.add_device(
+            Some(PciAddress {
+                device: 0,
+                function: 0,
+            }),
+            Arc::new(Mutex::new(ConfigOnlyFunction::i440fx_host_bridge())),
+        )?;
+        root.add_device(
+            Some(PciAddress {
+                device: 1,
+                function: 0,
+            }),
+            Arc::new(Mutex::new(ConfigOnlyFunction::piix3_isa_bridge())),
+        )?;
+        let pci = Arc::new(Mutex::new(root));
+        pio.insert(pci.clone(), CONFIG_ADDRESS_PORT, CONFIG_IO_LEN)?;
+
+        let mmio64 = layout::mmio64_start(memory);
+        Ok(DeviceManager {
+            pio,
+            mmio,
+            interrupts,
+            pci,
+            serial,
+            io_alloc: Mutex::new(AddressAllocator::new(
+                layout::PCI_IO_START,
+                layout::PCI_IO_END,
+            )),
+            mmio32_alloc: Mutex::new(AddressAllocator::new(
+                layout::MMIO32_START,
+                layout::MMIO32_END,
+            )),
+            mmio64_alloc: Mutex::new(AddressAllocator::new(mmio64, mmio64 + layout::MMIO64_SIZE)),
+            subscribers: Vec::new(),
+        })
+    }
+
+    /// COM1.
+    pub fn serial(&self) -> &Arc<Mutex<Serial>> {
+        &self.serial
+    }
+
+    /// Reserve `size` bytes of PCI port space (size-aligned).
+    pub fn allocate_io(&self, size: u64) -> Result<u64, DeviceError> {
+        Ok(self
+            .io_alloc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocate(size, size)?)
+    }
+
+    /// Reserve `size` bytes below 4 GiB (size-aligned).
+    pub fn allocate_mmio32(&self, size: u64) -> Result<u64, DeviceError> {
+        Ok(self
+            .mmio32_alloc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocate(size, size)?)
+    }
+
+    /// Reserve `size` bytes above RAM (size-aligned).
+    pub fn allocate_mmio64(&self, size: u64) -> Result<u64, DeviceError> {
+        Ok(self
+            .mmio64_alloc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocate(size, size)?)
+    }
+
+    /// A fresh GSI (for devices that manage routes themselves).
+    pub fn allocate_gsi(&self) -> Result<u32, DeviceError> {
+        Ok(self.interrupts.routes().allocate_gsi()?)
+    }
+
+    /// MSI groups and wired lines.
+    pub fn interrupt_manager(&self) -> Arc<dyn InterruptManager> {
+        self.interrupts.clone()
+    }
+
+    /// ioeventfd registration.
+    pub fn ioevents(&self) -> Arc<dyn IoEventRegistrar> {
+        self.interrupts.clone()
+    }
+
+    /// Put `dev` on PCI bus 0 (next free slot from 00:02.0) and map its BARs.
+    pub fn add_pci_device(
+        &self,
+        dev: Arc<Mutex<dyn PciDevice>>,
+    ) -> Result<PciAddress, DeviceError> {
+        Ok(self
+            .pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_device(None, dev)?)
+    }
+
+    /// Same, at a chosen address (multi-function devices).
+    pub fn add_pci_device_at(
+        &self,
+        addr: PciAddress,
+        dev: Arc<Mutex<dyn PciDevice>>,
+    ) -> Result<PciAddress, DeviceError> {
+        Ok(self
+            .pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_device(Some(addr), dev)?)
+    }
+
+    /// Run `sub` on the event loop (added when the VM starts).
+    pub fn add_subscriber(&mut self, sub: Subscriber) {
+        self.subscribers.push(sub);
+    }
+
+    /// Subscribers to add to the event manager.
+    pub fn take_subscribers(&mut self) -> Vec<Subscriber> {
+        std::mem::take(&mut self.subscribers)
+    }
+}

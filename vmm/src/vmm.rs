@@ -1,0 +1,274 @@
+//! One boot of a VM: KVM set-up, devices, kernel load, vCPU threads and
+//! the event loop, until something stops it.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{bzimage, layout, pvh, regs};
+use crate::config::VmConfig;
+use crate::device_manager::{DeviceManager, Subscriber};
+use crate::stop::{StopFlag, VmStop};
+use crate::vstate::{memory, vcpu, vm};
+use crate::Error;
+
+/// A VM ready to run.
+pub struct Vmm {
+    // Field order is drop order: vCPU fds and the VM go before guest RAM.
+    vcpus: Vec<VcpuFd>,
+    devices: DeviceManager,
+    vm: Arc<VmFd>,
+    _kvm: Kvm,
+    memory: GuestMemoryMmap,
+    stop: Arc<StopFlag>,
+    signal_evt: Option<EventFd>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("vcpus", &self.vcpus.len())
+            .finish()
+    }
+}
+
+impl Vmm {
+    /// Build the VM for `config`, with COM1 writing to `serial_out`.
+    /// `signal_evt` (if any) becomes readable on SIGTERM/SIGINT.
+    pub fn new(
+        config: &VmConfig,
+        serial_out: Box<dyn Write + Send>,
+        signal_evt: Option<EventFd>,
+    ) -> Result<Self, Error> {
+        if config.firmware.is_some() {
+            return Err(Error::NotImplemented("--firmware (UEFI boot)"));
+        }
+        if !config.scsi.is_empty() || !config.scsi_disks.is_empty() {
+            return Err(Error::NotImplemented("--scsi/--scsi-disk (virtio-scsi)"));
+        }
+        if !config.net.is_empty() {
+            return Err(Error::NotImplemented("--net"));
+        }
+        let kvm = Kvm::new().map_err(vm::VmError::Kvm)?;
+        let memory = memory::create(config.memory)?;
+        let vm = Arc::new(vm::create(&kvm, &memory)?);
+        let stop = Arc::new(StopFlag::new().map_err(Error::Io)?);
+        let devices = DeviceManager::new(vm.clone(), config.memory, serial_out, stop.clone())?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| vm::VmError::Ioctl {
+                what: "KVM_GET_SUPPORTED_CPUID",
+                source,
+            })?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+        for id in 0..config.cpus {
+            vcpus.push(vcpu::create(&vm, id, config.cpus, &supported, None)?);
+        }
+
+        let kernel = config
+            .kernel
+            .as_deref()
+            .ok_or(Error::NotImplemented("booting without --kernel"))?;
+        let boot = &vcpus[0];
+        let ioctl = |what| {
+            move |source| vcpu::VcpuError::Ioctl {
+                id: 0,
+                what,
+                source,
+            }
+        };
+        let mut sregs = boot.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        let regs = if pvh::is_elf(kernel) {
+            let e = pvh::load(
+                &memory,
+                config.memory,
+                kernel,
+                config.initrd.as_deref(),
+                &config.cmdline,
+            )?;
+            regs::setup_pvh_sregs(&memory, &mut sregs)?;
+            regs::boot_regs(e.entry, 0, 0, e.start_info)
+        } else {
+            let e = bzimage::load(
+                &memory,
+                config.memory,
+                kernel,
+                config.initrd.as_deref(),
+                &config.cmdline,
+            )?;
+            regs::setup_long_mode_sregs(&memory, &mut sregs)?;
+            regs::boot_regs(e.entry, layout::BOOT_STACK_POINTER, e.zero_page, 0)
+        };
+        boot.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+        boot.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
+
+        Ok(Vmm {
+            vcpus,
+            devices,
+            vm,
+            _kvm: kvm,
+            memory,
+            stop,
+            signal_evt,
+        })
+    }
+
+    /// The device manager (to add devices before [`run`](Self::run)).
+    pub fn devices(&mut self) -> &mut DeviceManager {
+        &mut self.devices
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM.
+    pub fn vm(&self) -> &Arc<VmFd> {
+        &self.vm
+    }
+
+    /// Run until the VM stops; returns why.
+    pub fn run(mut self) -> Result<VmStop, Error> {
+        let mut em: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| Error::Io(std::io::Error::other(format!("{e:?}"))))?;
+        em.add_subscriber(Arc::new(Mutex::new(StopWatcher {
+            stop: self.stop.clone(),
+            signal: self.signal_evt.take(),
+        })));
+        em.add_subscriber(Arc::new(Mutex::new(StdinReader {
+            serial: self.devices.serial().clone(),
+            open: true,
+        })));
+        for s in self.devices.take_subscribers() {
+            em.add_subscriber(s);
+        }
+
+        vcpu::install_kick_handler();
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for (i, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let id = u8::try_from(i).unwrap_or(u8::MAX);
+            match vcpu::spawn(
+                id,
+                fd,
+                self.devices.pio.clone(),
+                self.devices.mmio.clone(),
+                self.stop.clone(),
+            ) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.stop.request(VmStop::InternalError {
+                        cpu: id,
+                        what: e.to_string(),
+                        regs: String::new(),
+                    });
+                    break;
+                }
+            }
+        }
+
+        while !self.stop.stopped() {
+            if let Err(e) = em.run_with_timeout(50) {
+                log::warn!("event loop: {e:?}");
+            }
+            self.devices
+                .serial()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .flush_input();
+        }
+
+        // Kick every vCPU out of KVM_RUN until its thread ends.
+        for t in threads {
+            while !t.is_finished() {
+                // SAFETY: the thread is alive (not finished and not joined),
+                // so its pthread_t is valid; the kick signal has a no-op handler.
+                unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            let _ = t.join();
+        }
+        Ok(self.stop.reason().unwrap_or(VmStop::Signal(0)))
+    }
+}
+
+/// Wakes the event loop when the VM stops or a termination signal arrives.
+struct StopWatcher {
+    stop: Arc<StopFlag>,
+    signal: Option<EventFd>,
+}
+
+impl MutEventSubscriber for StopWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if let Some(s) = &self.signal {
+            if events.fd() == s.as_raw_fd() {
+                let _ = s.read();
+                self.stop
+                    .request(VmStop::Signal(crate::stop::last_signal()));
+                return;
+            }
+        }
+        let _ = self.stop.eventfd().read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.stop.eventfd(), EventSet::IN)) {
+            log::warn!("event loop: stop eventfd: {e:?}");
+        }
+        if let Some(s) = &self.signal {
+            if let Err(e) = ops.add(Events::new(s, EventSet::IN)) {
+                log::warn!("event loop: signal eventfd: {e:?}");
+            }
+        }
+    }
+}
+
+/// Feeds stdin to COM1.
+struct StdinReader {
+    serial: Arc<Mutex<devices::legacy::Serial>>,
+    open: bool,
+}
+
+impl MutEventSubscriber for StdinReader {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads at most buf.len() bytes into a live stack buffer.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(n) {
+            Ok(0) | Err(_) => {
+                if n == 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    let _ = ops.remove(events);
+                    self.open = false;
+                }
+            }
+            Ok(n) => self
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .queue_input(&buf[..n]),
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // Regular files and /dev/null cannot be polled: then there is no input.
+        if ops
+            .add(Events::with_data_raw(libc::STDIN_FILENO, 0, EventSet::IN))
+            .is_err()
+        {
+            self.open = false;
+        }
+    }
+}

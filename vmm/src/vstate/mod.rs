@@ -1,0 +1,5 @@
+//! Live KVM state: the VM (memory slots, irqchip, PIT, GSI routes) and the vCPUs.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
