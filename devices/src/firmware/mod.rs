@@ -10,5 +10,6 @@ pub mod acpi;
 pub mod e820;
 pub mod fw_cfg;
 pub mod pflash;
+pub mod ramfb;
 pub mod smbios;
 pub mod table_loader;
