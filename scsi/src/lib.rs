@@ -18,6 +18,7 @@ pub mod emulated;
 pub mod nexus;
 pub mod pr;
 pub mod sense;
+pub mod sgio;
 pub mod target;
 pub mod unit_attention;
 
