@@ -10,6 +10,7 @@ pub mod acpi;
 pub mod e820;
 pub mod fw_cfg;
 pub mod pflash;
+pub mod qemu_pc;
 pub mod ramfb;
 pub mod smbios;
 pub mod table_loader;
