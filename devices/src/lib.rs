@@ -3,6 +3,7 @@
 //! through vm-memory and raise interrupts through small traits; KVM itself
 //! stays in the `vmm` crate.
 
+pub mod acpi;
 pub mod bus;
 pub mod firmware;
 pub mod interrupt;

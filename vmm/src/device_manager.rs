@@ -17,6 +17,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use devices::acpi::Piix4Pm;
 use devices::bus::{Bus, BusError};
 use devices::interrupt::{InterruptError, InterruptManager, IoEventRegistrar};
 use devices::legacy::{
@@ -84,11 +85,13 @@ fn shared<T: devices::bus::BusDevice + 'static>(d: T) -> Arc<Mutex<T>> {
 
 impl DeviceManager {
     /// The legacy platform and PCI bus 0 with the i440FX/PIIX functions.
+    /// `cmos` outlives reboots (its NVRAM survives a guest reset).
     pub fn new(
         vm: Arc<VmFd>,
-        memory: u64,
+        cmos: Arc<Mutex<Cmos>>,
         serial_out: Box<dyn Write + Send>,
         stop: Arc<StopFlag>,
+        memory: u64,
     ) -> Result<Self, DeviceError> {
         let interrupts = Arc::new(KvmInterrupts::new(vm)?);
         let pio = Arc::new(Bus::new());
@@ -97,8 +100,7 @@ impl DeviceManager {
 
         let serial = shared(Serial::new(interrupts.line(serial::COM1_IRQ)?, serial_out));
         pio.insert(serial.clone(), serial::COM1_PORT, 8)?;
-        let (below, above) = layout::ram_split(memory);
-        pio.insert(shared(Cmos::new(below, above)), cmos::CMOS_PORT, 2)?;
+        pio.insert(cmos, cmos::CMOS_PORT, 2)?;
         pio.insert(shared(I8042::new(exit.clone())), i8042::I8042_DATA, 5)?;
         pio.insert(shared(Port92::new(exit.clone())), port92::PORT92, 1)?;
         pio.insert(
@@ -123,6 +125,19 @@ impl DeviceManager {
                 function: 0,
             }),
             Arc::new(Mutex::new(ConfigOnlyFunction::piix3_isa_bridge())),
+        )?;
+        let pm = Piix4Pm::new(
+            pio.clone(),
+            Some(interrupts.line(u32::from(devices::acpi::pm::SCI_IRQ))?),
+            exit.clone(),
+            Some(layout::PM_IO_BASE),
+        );
+        root.add_device(
+            Some(PciAddress {
+                device: 1,
+                function: 3,
+            }),
+            Arc::new(Mutex::new(pm)),
         )?;
         let pci = Arc::new(Mutex::new(root));
         pio.insert(pci.clone(), CONFIG_ADDRESS_PORT, CONFIG_IO_LEN)?;

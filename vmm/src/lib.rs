@@ -115,12 +115,14 @@ pub fn run(args: &cli::RunArgs) -> Result<i32, Error> {
     let signal_evt = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
         .map_err(Error::Io)?;
     stop::install_term_handlers(&signal_evt);
+    let persistent = vmm::Persistent::new(&config);
     loop {
         let out = serial_writer(&config.serial, file.as_ref())?;
         let vmm = Vmm::new(
             &config,
             out,
             Some(signal_evt.try_clone().map_err(Error::Io)?),
+            &persistent,
         )?;
         let why = vmm.run()?;
         let _ = std::io::stdout().flush();

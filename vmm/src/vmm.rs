@@ -22,6 +22,23 @@ use crate::stop::{StopFlag, VmStop};
 use crate::vstate::{memory, vcpu, vm};
 use crate::Error;
 
+/// Machine state that survives a guest reset (CMOS NVRAM and clock offset).
+#[derive(Debug)]
+pub struct Persistent {
+    /// CMOS/RTC.
+    pub cmos: Arc<Mutex<devices::legacy::Cmos>>,
+}
+
+impl Persistent {
+    /// Fresh state for `config`.
+    pub fn new(config: &VmConfig) -> Self {
+        let (below, above) = layout::ram_split(config.memory);
+        Persistent {
+            cmos: Arc::new(Mutex::new(devices::legacy::Cmos::new(below, above))),
+        }
+    }
+}
+
 /// A VM ready to run.
 pub struct Vmm {
     // Field order is drop order: vCPU fds and the VM go before guest RAM.
@@ -49,6 +66,7 @@ impl Vmm {
         config: &VmConfig,
         serial_out: Box<dyn Write + Send>,
         signal_evt: Option<EventFd>,
+        persistent: &Persistent,
     ) -> Result<Self, Error> {
         if config.firmware.is_some() {
             return Err(Error::NotImplemented("--firmware (UEFI boot)"));
@@ -63,7 +81,13 @@ impl Vmm {
         let memory = memory::create(config.memory)?;
         let vm = Arc::new(vm::create(&kvm, &memory)?);
         let stop = Arc::new(StopFlag::new().map_err(Error::Io)?);
-        let devices = DeviceManager::new(vm.clone(), config.memory, serial_out, stop.clone())?;
+        let devices = DeviceManager::new(
+            vm.clone(),
+            persistent.cmos.clone(),
+            serial_out,
+            stop.clone(),
+            config.memory,
+        )?;
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

@@ -95,4 +95,44 @@ void check_fail(const char *file, int line, const char *expr) __attribute__((nor
 /* The guest's entry point. Its return value goes to guest_exit(). */
 u32 guest_main(struct hvm_start_info *si);
 
+
+/* ---- Platform helpers (PCI, CMOS, interrupts, LAPIC) ---- */
+
+/* PCI configuration mechanism #1 (bus 0). */
+u32 pci_read32(u8 dev, u8 fn, u8 off);
+u16 pci_read16(u8 dev, u8 fn, u8 off);
+u8 pci_read8(u8 dev, u8 fn, u8 off);
+void pci_write32(u8 dev, u8 fn, u8 off, u32 v);
+void pci_write16(u8 dev, u8 fn, u8 off, u16 v);
+void pci_write8(u8 dev, u8 fn, u8 off, u8 v);
+/* Offset of capability `id` in the function's list, 0 if absent. */
+u8 pci_find_cap(u8 dev, u8 fn, u8 id);
+
+/* CMOS/RTC (index 0x70 with NMI left enabled, data 0x71). */
+u8 cmos_read(u8 reg);
+void cmos_write(u8 reg, u8 v);
+
+/* Interrupts: a 256-entry IDT with every vector pointing at a handler that
+ * reports the vector and fails the test, until idt_set() replaces it. */
+struct interrupt_frame;
+typedef void (*isr_t)(struct interrupt_frame *);
+void idt_init(void);
+void idt_set(u8 vector, isr_t handler);
+static inline void sti(void) { __asm__ volatile("sti" ::: "memory"); }
+static inline void cli(void) { __asm__ volatile("cli" ::: "memory"); }
+static inline void halt(void) { __asm__ volatile("hlt" ::: "memory"); }
+
+/* Local APIC in xAPIC mode at 0xFEE00000. */
+#define LAPIC_BASE 0xfee00000ul
+void lapic_enable(void);
+void lapic_eoi(void);
+u32 lapic_id(void);
+void lapic_write(u32 reg, u32 v);
+u32 lapic_read(u32 reg);
+
+static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d)
+{
+	__asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
+}
+
 #endif

@@ -221,11 +221,13 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, pio: &Bus, mmio: &Bus, stop: &StopFlag) {
                     });
                 }
                 VcpuExit::InternalError => {
-                    let sub = vcpu.get_kvm_run().exit_reason;
+                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so
+                    // KVM filled the `internal` member of the exit union.
+                    let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
                     let regs = dump_registers(vcpu);
                     stop.request(VmStop::InternalError {
                         cpu: id,
-                        what: format!("KVM internal error (exit {sub})"),
+                        what: format!("KVM internal error, suberror {sub}"),
                         regs,
                     });
                 }

@@ -1,0 +1,5 @@
+//! ACPI hardware: the PIIX4 power-management function.
+
+pub mod pm;
+
+pub use pm::Piix4Pm;
