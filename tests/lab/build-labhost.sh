@@ -99,6 +99,8 @@ build_run() {
 	mkdir -p "$root/lab/run/test-guests"
 	if [ -n "$arbiter" ] && [ "$arbiter" != - ]; then
 		lab_install_binary "$root" "$arbiter" /usr/bin/arbiter
+		# debug builds carry ~30 MiB of DWARF that the lab host would unpack under TCG
+		if command -v strip >/dev/null; then strip --strip-debug "$root/usr/bin/arbiter"; fi
 	fi
 	if [ -d "$guests" ]; then
 		cp "$guests"/*.elf "$root/lab/run/test-guests/" 2>/dev/null || true

@@ -68,3 +68,56 @@ fn lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk() {
         Some("131072")
     );
 }
+
+/// The EFI variant of the guest: OVMF boots `\EFI\BOOT\BOOTX64.EFI` (the
+/// kernel with its initrd and command line built in) from an EFI system
+/// partition on virtio-scsi, and the guest finds its data disk. Nested, this
+/// is the path that needs the outer QEMU's CR8 shim (tests/lab/bql-shim.c).
+#[test]
+fn lab_peer_qemu_ovmf_boots_linux_from_virtio_scsi_esp() {
+    let scenario = Scenario::new("peer_qemu_ovmf_esp")
+        .disk("disk0", 64)
+        .vm(Vm::qemu("qemu-ovmf")
+            .args(["-m", "256", "-bios", "{ovmf}"])
+            .args([
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-drive",
+                "file={esp},if=none,id=esp,format=raw,snapshot=on",
+                "-device",
+                "scsi-hd,drive=esp,bus=scsi0.0,bootindex=1",
+                "-drive",
+                "file={disk:disk0},if=none,id=d0,format=raw",
+                "-device",
+                "scsi-hd,drive=d0,bus=scsi0.0",
+            ])
+            .expect_serial("@@GUEST done")
+            .timeout(Duration::from_secs(400)));
+    let report = match lab::run(
+        "lab_peer_qemu_ovmf_boots_linux_from_virtio_scsi_esp",
+        &scenario,
+    ) {
+        Ok(Run::Done(r)) => r,
+        Ok(Run::Skipped(_)) => return,
+        Err(e) => panic!("{e}"),
+    };
+    report.assert_passed();
+    let vm = report.vm("qemu-ovmf");
+    let log = report.log.display();
+    for check in ["modules", "boot", "disk_found", "sg_inq", "rw_block"] {
+        let r = vm
+            .result(check)
+            .unwrap_or_else(|| panic!("guest did not report {check} (log: {log})"));
+        assert_eq!(r.status, "pass", "{check}: {r:?} (log: {log})");
+    }
+    // The probe skips the ESP (label LABESP) and uses the 64 MiB data disk.
+    let disk = vm.result("disk_found").unwrap();
+    assert_eq!(
+        disk.fields.get("sectors").map(String::as_str),
+        Some("131072")
+    );
+    assert!(
+        vm.output.iter().any(|l| l.contains("efi: EFI v")),
+        "the kernel did not start through UEFI (log: {log})"
+    );
+}
