@@ -295,6 +295,9 @@ fn lba_len(c: &FakeCall) -> (u64, u32) {
 
 /// A disk whose block `lba` holds bytes `(lba + i) as u8`.
 fn pattern_reply(c: &FakeCall) -> io::Result<FakeReply> {
+    if !matches!(c.cdb[0], 0x28 | 0x2A | 0xA8 | 0xAA | 0x88 | 0x8A) {
+        return Ok(FakeReply::default());
+    }
     let (lba, n) = lba_len(c);
     let mut d = Vec::new();
     for b in 0..u64::from(n) {
@@ -1359,4 +1362,78 @@ fn short_and_oversized_cdbs() {
     let (o, _) = run(&lu, &node_a(), &[0x61, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0);
     assert_eq!(completed(&o).sense, INVALID_OPCODE_SENSE.to_vec());
     assert!(fake.calls().is_empty());
+}
+
+#[test]
+fn raised_unit_attentions_and_the_logical_unit_adapter() {
+    use scsi::emulated::{EmulatedTarget, LogicalUnit};
+    use scsi::target::ScsiTarget;
+    let (fake, lu) = open(FakeSg::new(model(512, 0, pattern_reply)), cfg());
+    let lu = Arc::new(lu);
+    let target = EmulatedTarget::new()
+        .with_lun(0, lu.clone() as Arc<dyn LogicalUnit>)
+        .unwrap();
+    let a = node_a();
+    let exec = |cdb: &[u8], in_len: usize| {
+        let mut reader = Cursor::new(Vec::new());
+        let mut sink: Vec<u8> = Vec::new();
+        let req = Request {
+            nexus: &a,
+            lun: 0,
+            tag: 3,
+            attr: TaskAttr::Simple,
+            cdb,
+        };
+        let r = target
+            .execute(
+                &req,
+                DataOut {
+                    reader: &mut reader,
+                    len: 0,
+                },
+                DataIn {
+                    writer: &mut sink,
+                    len: in_len,
+                },
+            )
+            .unwrap();
+        (r, sink)
+    };
+    // Through the target: READ(10) LBA 3, 1 block reaches the device.
+    let (r, d) = exec(&[0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0], 512);
+    assert_eq!((r.status, r.data_in_len), (Status::Good, 512));
+    assert_eq!(d[0], 3);
+    assert_eq!(fake.calls().len(), 1);
+    // A unit attention raised on the unit (e.g. REPORTED LUNS DATA HAS
+    // CHANGED) is reported once, before the next non-exempt command,
+    // without reaching the device; INQUIRY is exempt and does not clear it.
+    LogicalUnit::raise_unit_attention(lu.as_ref(), codes::REPORTED_LUNS_DATA_CHANGED);
+    assert_eq!(
+        target.pending_unit_attention(&a, 0),
+        Some(codes::REPORTED_LUNS_DATA_CHANGED)
+    );
+    let (r, _) = exec(&[0x12, 0, 0, 0, 36, 0], 36);
+    assert_eq!(r.status, Status::Good);
+    let (r, _) = exec(&[0x00, 0, 0, 0, 0, 0], 0);
+    assert_eq!(
+        (r.status, r.sense),
+        (
+            Status::CheckCondition,
+            vec![0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x3F, 0x0E, 0, 0, 0, 0]
+        )
+    );
+    let (r, _) = exec(&[0x00, 0, 0, 0, 0, 0], 0);
+    assert_eq!(r.status, Status::Good);
+    // 2 INQUIRY/TUR went to the device after the READ; the UA'd TUR did not.
+    assert_eq!(
+        fake.calls().iter().map(|c| c.cdb[0]).collect::<Vec<_>>(),
+        vec![0x28, 0x12, 0x00]
+    );
+    // I_T NEXUS RESET raises 29/07 for that nexus.
+    assert_eq!(
+        target.task_mgmt(&a, 0, TaskMgmt::ItNexusReset),
+        TmfResponse::Complete
+    );
+    let (r, _) = exec(&[0x00, 0, 0, 0, 0, 0], 0);
+    assert_eq!((r.sense[2], r.sense[12], r.sense[13]), (0x06, 0x29, 0x07));
 }

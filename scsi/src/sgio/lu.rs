@@ -1,16 +1,18 @@
 //! The passthrough logical unit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
+use crate::emulated::LogicalUnit;
 use crate::nexus::ItNexus;
 use crate::pr::{PrAccess, PrOutcome, Reservations};
 use crate::sense::{codes, Sense, Status};
 use crate::target::{
     DataIn, DataOut, Lun, Request, Response, ScsiTarget, TaskMgmt, TmfResponse, TransportError,
 };
+use crate::unit_attention::UaQueue;
 
 use super::cdb::{cdb_len, parse_rw, patch_rw, RwCdb, RwForm, MAX_CDB_LEN};
 use super::emulate::{report_luns, Identity, LunMap, ModeMask};
@@ -125,7 +127,10 @@ pub struct PassthroughLu {
     block_size: Option<u32>,
     max_bytes: Option<u32>,
     pdt: u8,
-    ua: Mutex<HashMap<ItNexus, VecDeque<Sense>>>,
+    /// Unit attentions we raise ourselves (LU reset, target-raised ones,
+    /// pr=emulated's), per nexus seen. The device's own unit attentions
+    /// pass through in its responses.
+    ua: Mutex<HashMap<ItNexus, UaQueue>>,
     inflight: Mutex<HashMap<ItNexus, Vec<u64>>>,
 }
 
@@ -461,12 +466,12 @@ impl PassthroughLu {
             tag: req.tag,
         };
 
-        if let PrBackend::Emulated(r) = &self.pr {
-            if !ua_exempt(op) {
-                if let Some(ua) = self.next_ua(req.nexus, r.as_ref()) {
-                    return Ok(PassthroughOutcome::check(ua));
-                }
+        if !ua_exempt(op) {
+            if let Some(ua) = self.next_ua(req.nexus) {
+                return Ok(PassthroughOutcome::check(ua));
             }
+        }
+        if let PrBackend::Emulated(r) = &self.pr {
             match op {
                 PR_IN => return Self::pr_outcome(r.reserve_in(req.nexus, cdb), cdb, data_in),
                 PR_OUT => {
@@ -837,35 +842,40 @@ impl PassthroughLu {
         }
     }
 
-    /// The next unit attention for `nexus` (pr=emulated), consuming it.
-    fn next_ua(&self, nexus: &ItNexus, r: &dyn Reservations) -> Option<Sense> {
-        let fresh = r.take_unit_attentions(nexus);
+    /// Run `f` on `nexus`'s unit attention queue, after merging the ones
+    /// pr=emulated's state raised for it.
+    fn with_ua<T>(&self, nexus: &ItNexus, f: impl FnOnce(&mut UaQueue) -> T) -> Option<T> {
+        let fresh = match &self.pr {
+            PrBackend::Emulated(r) => r.take_unit_attentions(nexus),
+            _ => Vec::new(),
+        };
         let mut m = self.ua.lock().ok()?;
-        let q = m.entry(nexus.clone()).or_default();
-        q.extend(fresh);
-        let ua = q.pop_front();
-        if q.is_empty() {
-            m.remove(nexus);
+        let q = m.entry(nexus.clone()).or_insert_with(UaQueue::empty);
+        for s in fresh {
+            q.push(s);
         }
-        ua
+        Some(f(q))
     }
 
-    /// The unit attention pending for `nexus`, without consuming it
-    /// (pr=emulated only; a device's own unit attentions are only seen
-    /// when a command returns them).
+    /// The next unit attention for `nexus`, consuming it.
+    fn next_ua(&self, nexus: &ItNexus) -> Option<Sense> {
+        self.with_ua(nexus, UaQueue::pop).flatten()
+    }
+
+    /// The unit attention we would report to `nexus` next, without
+    /// consuming it. (A device's own unit attentions are only known when a
+    /// command returns them.)
     pub fn pending_unit_attention(&self, nexus: &ItNexus) -> Option<Sense> {
-        let PrBackend::Emulated(r) = &self.pr else {
-            return None;
-        };
-        let fresh = r.take_unit_attentions(nexus);
-        let mut m = self.ua.lock().ok()?;
-        let q = m.entry(nexus.clone()).or_default();
-        q.extend(fresh);
-        let first = q.front().copied();
-        if q.is_empty() {
-            m.remove(nexus);
+        self.with_ua(nexus, |q| q.peek().copied()).flatten()
+    }
+
+    /// Establish `ua` for every I_T nexus that has used this unit.
+    pub fn raise_unit_attention(&self, ua: Sense) {
+        if let Ok(mut m) = self.ua.lock() {
+            for q in m.values_mut() {
+                q.push(ua);
+            }
         }
-        first
     }
 
     fn in_flight(&self, nexus: &ItNexus, tag: Option<u64>) -> bool {
@@ -903,26 +913,17 @@ impl PassthroughLu {
             TaskMgmt::LogicalUnitReset => {
                 if let PrBackend::Emulated(r) = &self.pr {
                     r.lu_reset();
-                    if let Ok(mut m) = self.ua.lock() {
-                        m.entry(nexus.clone())
-                            .or_default()
-                            .push_back(codes::BUS_DEVICE_RESET);
-                        for (n, q) in m.iter_mut() {
-                            if n != nexus && !q.contains(&codes::BUS_DEVICE_RESET) {
-                                q.push_back(codes::BUS_DEVICE_RESET);
-                            }
-                        }
-                    }
                 }
+                // SAM-5: a LOGICAL UNIT RESET raises 29/03 for every nexus.
+                self.with_ua(nexus, |_| ());
+                self.raise_unit_attention(codes::BUS_DEVICE_RESET);
                 TmfResponse::Complete
             }
             TaskMgmt::ItNexusReset => {
                 if let PrBackend::Emulated(r) = &self.pr {
                     r.nexus_loss(nexus);
-                    if let Ok(mut m) = self.ua.lock() {
-                        m.remove(nexus);
-                    }
                 }
+                self.with_ua(nexus, |q| q.push(codes::I_T_NEXUS_LOSS));
                 TmfResponse::Complete
             }
             TaskMgmt::QueryTask(tag) => {
@@ -947,6 +948,29 @@ impl PassthroughLu {
                 }
             }
         }
+    }
+}
+
+impl LogicalUnit for PassthroughLu {
+    fn execute(
+        &self,
+        req: &Request<'_>,
+        data_out: DataOut<'_>,
+        data_in: DataIn<'_>,
+    ) -> Result<Response, TransportError> {
+        PassthroughLu::execute(self, req, data_out, data_in)
+    }
+
+    fn task_mgmt(&self, nexus: &ItNexus, tmf: TaskMgmt) -> TmfResponse {
+        PassthroughLu::task_mgmt(self, nexus, tmf)
+    }
+
+    fn pending_unit_attention(&self, nexus: &ItNexus) -> Option<Sense> {
+        PassthroughLu::pending_unit_attention(self, nexus)
+    }
+
+    fn raise_unit_attention(&self, ua: Sense) {
+        PassthroughLu::raise_unit_attention(self, ua)
     }
 }
 
