@@ -353,10 +353,16 @@ impl PrState {
         match access {
             PrAccess::Allowed | PrAccess::PrOut | PrAccess::Scsi2 => false,
             PrAccess::Read | PrAccess::Write => {
-                if self.is_holder(nexus) {
+                let reg = self.find_reg(nexus);
+                let registered = reg.is_some();
+                let holder = match reg {
+                    Some(_) if res.ty.all_registrants() => true,
+                    Some(i) => self.registrations[i].id == res.holder,
+                    None => false,
+                };
+                if holder {
                     return false;
                 }
-                let registered = self.is_registered(nexus);
                 match (res.ty, access) {
                     (PrType::WriteExclusive, PrAccess::Read) => false,
                     (PrType::WriteExclusive | PrType::ExclusiveAccess, _) => true,
