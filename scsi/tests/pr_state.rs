@@ -809,3 +809,50 @@ fn windows_cluster_validation_three_nodes() {
     let pr = MemoryPr::new();
     windows_arbitration(&[&pr, &pr, &pr]);
 }
+
+#[test]
+fn prgeneration_counts_exactly_per_spc4() {
+    let pr = MemoryPr::new();
+    let (a, b, c) = (node(1), node(2), node(3));
+    // (who, service action, type, RK, SARK, expected status, PRgeneration delta)
+    #[rustfmt::skip]
+    let steps: &[(&scsi::ItNexus, u8, u8, u64, u64, u8, u32)] = &[
+        (&a, REGISTER,   0,     0,   0,   0x00, 0), // unregistered, SARK 0: no-op
+        (&a, REGISTER,   0,     0,   0xA, 0x00, 1), // register
+        (&a, REGISTER,   0,     0xA, 0xA, 0x00, 1), // same key again still counts
+        (&a, REGISTER,   0,     0xB, 0xC, 0x18, 0), // conflict: no count
+        (&b, REG_IGNORE, 0,     0,   0xB, 0x00, 1),
+        (&a, RESERVE,    WE,    0xA, 0,   0x00, 0), // RESERVE never counts
+        (&a, RELEASE,    WE,    0xA, 0,   0x00, 0), // nor RELEASE
+        (&a, RESERVE,    EA,    0xA, 0,   0x00, 0),
+        (&b, PREEMPT,    EA,    0xB, 0xA, 0x00, 1), // PREEMPT
+        (&a, REG_IGNORE, 0,     0,   0xA, 0x00, 1),
+        (&b, PREEMPT_AND_ABORT, EA, 0xB, 0xA, 0x00, 1),
+        (&b, PREEMPT,    EA,    0xB, 0x77, 0x18, 0), // nobody has 0x77
+        (&c, CLEAR,      0,     0,   0,   0x18, 0), // unregistered
+        (&b, CLEAR,      0,     0xB, 0,   0x00, 1), // CLEAR
+        (&b, REGISTER,   0,     0,   0xB, 0x00, 1),
+        (&b, REGISTER,   0,     0xB, 0,   0x00, 1), // unregister counts
+    ];
+    let mut generation = 0u32;
+    for (i, &(n, sa, ty, rk, sark, status, delta)) in steps.iter().enumerate() {
+        let o = out(&pr, n, sa, ty, rk, sark);
+        assert_eq!(o.status as u8, status, "step {i}: {o:?}");
+        generation += delta;
+        assert_eq!(read_keys(&pr, &a).0, generation, "step {i}");
+    }
+    // REGISTER AND MOVE counts.
+    expect(&out(&pr, &a, REGISTER, 0, 0, 0xA), 0, &[]);
+    expect(&out(&pr, &a, RESERVE, WE, 0xA, 0), 0, &[]);
+    let b_via_a = scsi::ItNexus {
+        initiator: b.initiator.clone(),
+        target: a.target.clone(),
+    };
+    let p = move_params(0xA, 0xB, 0, 1, &b_via_a);
+    expect(
+        &pr.reserve_out(&a, &out_cdb(REG_MOVE, 0, p.len()), &p),
+        0,
+        &[],
+    );
+    assert_eq!(read_keys(&pr, &a).0, generation + 2);
+}

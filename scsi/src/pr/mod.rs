@@ -9,6 +9,24 @@
 //! * to collect unit attentions that reservation actions of *other* nexuses
 //!   (possibly in other processes) raised for this nexus;
 //! * on LOGICAL UNIT RESET and I_T nexus loss.
+//!
+//! Implementations:
+//! * [`state::PrState`]: the pure SPC-4 state machine (every PR OUT service
+//!   action, every PR IN service action, the conflict table, SCSI-2
+//!   reservations with compatible reservation handling, unit attentions,
+//!   PRgeneration); [`MemoryPr`] wraps it for a disk only this process uses.
+//! * [`SharedPr`]: the same state shared by every process that opens the
+//!   disk, through `<image>.pr` / `.pr.lock` / `.pr.users` beside the image:
+//!   `SharedPr::open(image_path)` (or `SharedPr::open_at(configured_base)`)
+//!   returns an `Arc<SharedPr>` usable as `Arc<dyn Reservations>`; its
+//!   [`SharedPr::disk_uuid`] feeds VPD page 0x83 through
+//!   [`disk_naa_designator`]. The file format and the locking, caching and
+//!   last-user rules are documented in [`shared`].
+//! * PREEMPT AND ABORT: call [`Reservations::reserve_out_with_aborts`]; its
+//!   [`PrOutResult::abort`] names the preempted registrants whose commands
+//!   the logical unit must abort. Only commands of this process can be
+//!   aborted that way; nexuses of other processes see the preemption at their
+//!   next command (REGISTRATIONS PREEMPTED, then RESERVATION CONFLICT).
 
 pub mod shared;
 pub mod state;

@@ -212,8 +212,10 @@ pub struct PendingUa {
 pub struct PrState {
     /// PRgeneration (SPC-4 6.15.2), a wrapping 32-bit counter.
     pub generation: u32,
-    /// Activate Persist Through Power Loss, from the last REGISTER, REGISTER
-    /// AND IGNORE EXISTING KEY or REGISTER AND MOVE that registered a key.
+    /// Activate Persist Through Power Loss: the APTPL bit of the last
+    /// successful REGISTER, REGISTER AND IGNORE EXISTING KEY or REGISTER AND
+    /// MOVE (the no-op REGISTER of an unregistered nexus with a zero key does
+    /// not count).
     pub aptpl: bool,
     /// Registrations in the order they were made.
     pub registrations: Vec<Registration>,
@@ -613,8 +615,9 @@ impl PrState {
                 self.unregister(i);
             } else {
                 self.registrations[i].key = sark;
-                self.aptpl = aptpl;
             }
+            // The last valid APTPL bit received decides persistence.
+            self.aptpl = aptpl;
             self.bump();
             return good();
         }
