@@ -100,6 +100,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
 
+    /// Add the "pci-testdev" PCI function (ID 1234:11e5: registers, MSI-X,
+    /// an ioeventfd doorbell) that the platform test guests exercise.
+    #[arg(long, hide = true)]
+    pub pci_testdev: bool,
+
     /// Read the VM's settings from a TOML file; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

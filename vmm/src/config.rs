@@ -117,6 +117,8 @@ pub struct VmConfig {
     pub scsi_disks: Vec<String>,
     /// `--net` specs.
     pub net: Vec<String>,
+    /// Add the pci-testdev function.
+    pub pci_testdev: bool,
 }
 
 /// Parse `512M`, `4G`, `65536K`, `1T` or a plain byte count.
@@ -160,6 +162,8 @@ struct FileConfig {
     scsi_disk: Vec<String>,
     #[serde(default)]
     net: Vec<String>,
+    #[serde(default, alias = "pci_testdev")]
+    pci_testdev: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +231,7 @@ fn merge(args: &RunArgs) -> Result<RunArgs, ConfigError> {
     if out.net.is_empty() {
         out.net = f.net;
     }
+    out.pci_testdev |= f.pci_testdev;
     Ok(out)
 }
 
@@ -354,6 +359,7 @@ impl TryFrom<&RunArgs> for VmConfig {
             scsi: a.scsi.clone(),
             scsi_disks: a.scsi_disk.clone(),
             net: a.net.clone(),
+            pci_testdev: a.pci_testdev,
         })
     }
 }

@@ -49,6 +49,9 @@ pub enum DeviceError {
     /// PCI.
     #[error("PCI: {0}")]
     Pci(#[from] PciRootError),
+    /// A device could not be built.
+    #[error("{0}")]
+    Device(String),
     /// Address space exhausted.
     #[error("allocating: {0}")]
     Alloc(#[from] AllocError),
@@ -234,6 +237,24 @@ impl DeviceManager {
             .add_device(Some(addr), dev)?)
     }
 
+    /// Add the pci-testdev function (BARs in the MMIO32 and I/O windows,
+    /// 2 MSI-X vectors, doorbell served on the event loop).
+    pub fn add_pci_testdev(&mut self) -> Result<PciAddress, DeviceError> {
+        use devices::pci::testdev::{self, PciTestDev, TestDevBars};
+        let bars = TestDevBars {
+            regs: self.allocate_mmio32(testdev::REG_BAR_SIZE)?,
+            msix: self.allocate_mmio32(testdev::MSIX_BAR_SIZE)?,
+            io: self.allocate_io(testdev::IO_BAR_SIZE)?,
+        };
+        let group = self.interrupts.create_msi_group(testdev::VECTORS)?;
+        let dev = PciTestDev::new(bars, group, self.ioevents())
+            .map_err(|e| DeviceError::Device(e.to_string()))?;
+        if let Some(h) = dev.doorbell_handler() {
+            self.add_subscriber(Arc::new(Mutex::new(DoorbellSubscriber(h))));
+        }
+        self.add_pci_device(Arc::new(Mutex::new(dev)))
+    }
+
     /// Run `sub` on the event loop (added when the VM starts).
     pub fn add_subscriber(&mut self, sub: Subscriber) {
         self.subscribers.push(sub);
@@ -242,5 +263,21 @@ impl DeviceManager {
     /// Subscribers to add to the event manager.
     pub fn take_subscribers(&mut self) -> Vec<Subscriber> {
         std::mem::take(&mut self.subscribers)
+    }
+}
+
+/// Serves the pci-testdev doorbell on the event loop.
+struct DoorbellSubscriber(devices::pci::testdev::DoorbellHandler);
+
+impl MutEventSubscriber for DoorbellSubscriber {
+    fn process(&mut self, _events: event_manager::Events, _ops: &mut event_manager::EventOps) {
+        self.0.handle();
+    }
+
+    fn init(&mut self, ops: &mut event_manager::EventOps) {
+        let ev = event_manager::Events::new(&self.0.doorbell, vmm_sys_util::epoll::EventSet::IN);
+        if let Err(e) = ops.add(ev) {
+            log::warn!("pci-testdev doorbell: {e:?}");
+        }
     }
 }

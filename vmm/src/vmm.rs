@@ -89,6 +89,10 @@ impl Vmm {
             config.memory,
         )?;
 
+        let mut devices = devices;
+        if config.pci_testdev {
+            devices.add_pci_testdev()?;
+        }
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|source| vm::VmError::Ioctl {

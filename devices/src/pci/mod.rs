@@ -5,6 +5,7 @@ pub mod configuration;
 pub mod device;
 pub mod msix;
 pub mod root;
+pub mod testdev;
 
 pub use configuration::{BarInfo, BarKind, BarMove, PciConfiguration, PciIds};
 pub use device::PciDevice;
