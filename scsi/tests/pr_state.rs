@@ -324,14 +324,14 @@ fn register_with_spec_i_pt() {
     p[28] = 0x0F;
     let o = pr.reserve_out(&a, &out_cdb(REGISTER, 0, p.len()), &p);
     expect(&o, 0x02, &inv_field_param(28, None));
-    // TRANSPORTID PARAMETER DATA LENGTH disagreeing with the list: PLLE.
+    // TRANSPORTID PARAMETER DATA LENGTH disagreeing with the list.
     let mut p = spec_i_pt_params(0, 0x77, &[node(2)]);
     p[27] += 4;
     let o = pr.reserve_out(&a, &out_cdb(REGISTER, 0, p.len()), &p);
-    expect(&o, 0x02, &plle());
-    // SPEC_I_PT with a 24-byte list: PLLE.
+    expect(&o, 0x02, &inv_field_param(24, None));
+    // SPEC_I_PT with a 24-byte list: no TRANSPORTID PARAMETER DATA LENGTH.
     let o = pr.reserve_out(&a, &out_cdb(REGISTER, 0, 24), &plist(0, 0x77, 0x08));
-    expect(&o, 0x02, &plle());
+    expect(&o, 0x02, &inv_field_param(24, None));
     assert_eq!(read_keys(&pr, &a), (2, vec![1, 1]));
 }
 
@@ -619,11 +619,9 @@ fn register_and_move_paths() {
     ); // unregistered
     expect(&out(&pr, &a, REGISTER, 0, 0, 0xA), 0, &[]);
     expect(&out(&pr, &c, REGISTER, 0, 0, 0xC), 0, &[]);
-    expect(
-        &mv(&a, &move_params(0xA, 0xB, 0, 1, &b)),
-        CONFLICT.0,
-        CONFLICT.1,
-    ); // no reservation
+    // No reservation: INVALID FIELD IN CDB.
+    let o = mv(&a, &move_params(0xA, 0xB, 0, 1, &b));
+    expect(&o, 0x02, &check(0x05, 0x24, 0x00, [0, 0, 0]));
     expect(&out(&pr, &a, RESERVE, EA, 0xA, 0), 0, &[]);
     expect(
         &mv(&c, &move_params(0xC, 0xB, 0, 1, &b)),
@@ -643,7 +641,7 @@ fn register_and_move_paths() {
     expect(&o, 0x02, &inv_field_param(18, None)); // unknown port
     let mut p = move_params(0xA, 0xB, 0, 1, &b);
     p[23] = 20; // TransportID length disagrees with the list
-    expect(&mv(&a, &p), 0x02, &plle());
+    expect(&mv(&a, &p), 0x02, &inv_field_param(20, None));
     let o = pr.reserve_out(&a, &out_cdb(REG_MOVE, 0, 20), &[0; 20]);
     expect(&o, 0x02, &plle());
     assert_eq!(pr.snapshot().generation, 2);

@@ -33,6 +33,20 @@
 //!   pass; SPC-2 lists only INQUIRY, LOG SENSE, RELEASE, REPORT LUNS and
 //!   REQUEST SENSE, so TEST UNIT READY and READ CAPACITY passing is a
 //!   deliberate relaxation (the [`PrAccess`] classes do not separate them).
+//! * Error codes where SPC-4 leaves a choice or implementations differ follow
+//!   LIO: a TRANSPORTID PARAMETER DATA LENGTH (SPEC_I_PT) or TransportID
+//!   length (REGISTER AND MOVE) that does not match the parameter list is
+//!   INVALID FIELD IN PARAMETER LIST; SPEC_I_PT naming an I_T nexus that is
+//!   already registered is INVALID FIELD IN PARAMETER LIST; REGISTER AND
+//!   MOVE without a reservation is INVALID FIELD IN CDB, from a non-holder or
+//!   under an all-registrants type RESERVATION CONFLICT. A REGISTER AND MOVE
+//!   destination that is already registered gets the SERVICE ACTION
+//!   RESERVATION KEY as its key ("associate the key with the destination").
+//! * PREEMPT that does not preempt the reservation removes every
+//!   registration with the SERVICE ACTION RESERVATION KEY, the issuing
+//!   nexus' own included if its key matches (SPC-4 5.7.11.4.4); PREEMPT of
+//!   the holder keeps the issuing nexus' registration; a changed type raises
+//!   RESERVATIONS RELEASED for the remaining registrants (5.7.11.4.3 f).
 //! * With any registration present, RESERVE/RELEASE complete with GOOD and no
 //!   effect from the PR holder or from a registrant under a registrants-only /
 //!   all-registrants reservation, and conflict otherwise (SPC-4 5.7.3).
@@ -635,12 +649,12 @@ impl PrState {
             target: target.clone(),
         }];
         if spec_i_pt {
-            if params.len() < 28 {
-                return check(codes::PARAM_LIST_LENGTH_ERROR);
-            }
+            // A TRANSPORTID PARAMETER DATA LENGTH that does not account for
+            // exactly the rest of the list: INVALID FIELD IN PARAMETER LIST
+            // (as LIO answers; SPC-4 names no specific code for it).
             let tpdl = usize::try_from(be_u32(params, 24)).unwrap_or(usize::MAX);
-            if tpdl.checked_add(28) != Some(params.len()) {
-                return check(codes::PARAM_LIST_LENGTH_ERROR);
+            if params.len() < 28 || tpdl.checked_add(28) != Some(params.len()) {
+                return check(codes::INVALID_FIELD_IN_PARAM_LIST.in_param(24, None));
             }
             let mut at = 28;
             while at < params.len() {
@@ -826,8 +840,9 @@ impl PrState {
             Ok(i) => i,
             Err(e) => return e,
         };
+        // No reservation to move: INVALID FIELD IN CDB (SPC-4 5.7.8, as LIO).
         let Some(res) = self.reservation.clone() else {
-            return conflict();
+            return check(codes::INVALID_FIELD_IN_CDB);
         };
         if res.ty.all_registrants() || !self.is_holder(nexus) {
             return conflict();
@@ -840,7 +855,7 @@ impl PrState {
         let rel = be_u16(params, 18);
         let tid_len = usize::try_from(be_u32(params, 20)).unwrap_or(usize::MAX);
         if tid_len.checked_add(24) != Some(params.len()) {
-            return check(codes::PARAM_LIST_LENGTH_ERROR);
+            return check(codes::INVALID_FIELD_IN_PARAM_LIST.in_param(20, None));
         }
         let Some((initiator, _)) = PortName::from_transport_id(&params[24..]) else {
             return check(codes::INVALID_FIELD_IN_PARAM_LIST.in_param(24, None));
