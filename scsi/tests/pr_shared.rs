@@ -266,3 +266,61 @@ fn corrupt_state_is_detected_and_replaced() {
     assert_eq!(p.snapshot(), PrState::default());
     assert!(read_state_file(&b).unwrap().is_some());
 }
+
+#[test]
+fn data_path_never_waits_for_the_update_lock() {
+    let (_dir, img) = disk();
+    let b = base(&img);
+    let p1 = SharedPr::open_unshared(&b).unwrap();
+    let p2 = Arc::new(SharedPr::open_unshared(&b).unwrap());
+    expect(&out(&p1, &node(1), REGISTER, 0, 0, 1), 0, &[]);
+    expect(&out(&p1, &node(1), RESERVE, EA, 1, 0), 0, &[]);
+    // Somebody (a third process, say) holds the update lock.
+    let mut lock_path = b.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = Arc::clone(&p2);
+    std::thread::spawn(move || {
+        let r = (
+            p.conflicts(&node(2), PrAccess::Read),
+            p.take_unit_attentions(&node(2)).len(),
+            p.reserve_in(&node(2), &in_cdb(1)).data.len(),
+        );
+        tx.send(r).unwrap();
+    });
+    // A generous deadline only detects blocking; it is not a speed goal.
+    let r = rx.recv_timeout(std::time::Duration::from_secs(20));
+    assert_eq!(r, Ok((true, 0, 24)), "the data path blocked on the lock");
+    drop(lock);
+}
+
+#[test]
+fn a_writer_killed_before_publishing_is_repaired_by_the_next_update() {
+    let (_dir, img) = disk();
+    let b = base(&img);
+    let p = SharedPr::open_unshared(&b).unwrap();
+    assert!(!p.conflicts(&node(2), PrAccess::Write));
+    // A writer renamed a new state in but died before bumping the counter.
+    let (v, uuid, mut s) = read_state_file(&b).unwrap().unwrap();
+    s.registrations.push(Registration {
+        id: RegistrantId::exact(&node(1)),
+        key: 1,
+    });
+    s.reservation = Some(scsi::pr::state::Reservation {
+        holder: RegistrantId::exact(&node(1)),
+        ty: scsi::pr::PrType::WriteExclusive,
+    });
+    std::fs::write(&b, encode(v + 1, &uuid, &s)).unwrap();
+    assert_eq!(p.version(), v);
+    // The next update (any nexus, any command) publishes the file's version.
+    expect(&out(&p, &node(3), REGISTER, 0, 0, 3), 0, &[]);
+    assert_eq!(p.version(), v + 2);
+    assert!(p.conflicts(&node(2), PrAccess::Write));
+    assert_eq!(read_keys(&p, &node(2)).1, vec![1, 3]);
+}
