@@ -279,11 +279,10 @@ fn data_path_never_waits_for_the_update_lock() {
     let mut lock_path = b.clone().into_os_string();
     lock_path.push(".lock");
     let lock = std::fs::File::open(&lock_path).unwrap();
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(
-        unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
-    );
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&lock);
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+    assert_eq!(rc, 0);
     let (tx, rx) = std::sync::mpsc::channel();
     let p = Arc::clone(&p2);
     std::thread::spawn(move || {
