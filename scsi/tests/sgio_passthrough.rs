@@ -1437,3 +1437,93 @@ fn raised_unit_attentions_and_the_logical_unit_adapter() {
     let (r, _) = exec(&[0x00, 0, 0, 0, 0, 0], 0);
     assert_eq!((r.sense[2], r.sense[12], r.sense[13]), (0x06, 0x29, 0x07));
 }
+
+#[test]
+fn odd_completions_never_pass_as_good() {
+    // A status byte SAM-5 does not define for a device server (22h, the
+    // obsolete COMMAND TERMINATED) is a host failure.
+    let (_, lu) = open(
+        FakeSg::new(model(512, 0, |c| match c.cdb[0] {
+            0x00 => Ok(FakeReply::status(0x22, Vec::new())),
+            // GOOD status byte but sense collected (an HBA that leaves the
+            // status empty): reported as CHECK CONDITION with that sense.
+            0x35 => Ok(FakeReply::status(
+                0x00,
+                vec![
+                    0x70, 0, 0x02, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x04, 0x01, 0, 0, 0, 0,
+                ],
+            )),
+            _ => Ok(FakeReply::default()),
+        })),
+        cfg(),
+    );
+    let (o, _) = run(&lu, &node_a(), &[0x00, 0, 0, 0, 0, 0], &[], 0); // TEST UNIT READY
+    assert_eq!(o.virtio_response(), VirtioResponse::Failure);
+    let (o, _) = run(&lu, &node_a(), &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0); // SYNC CACHE(10)
+    let r = completed(&o);
+    assert_eq!(r.status, Status::CheckCondition);
+    assert_eq!(
+        r.sense,
+        vec![0x70, 0, 0x02, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x04, 0x01, 0, 0, 0, 0]
+    );
+    // Data in both directions (no VIRTIO_SCSI_F_INOUT) is refused locally.
+    let (o, _) = run(&lu, &node_a(), &[0x1C, 0, 0, 0, 16, 0], &[1, 2, 3], 16);
+    assert_eq!(o.virtio_response(), VirtioResponse::Failure);
+}
+
+#[test]
+fn reads_past_the_forms_lba_range_are_not_split() {
+    let (fake, lu) = open(
+        FakeSg::new(model(512, 0, |_| {
+            Ok(FakeReply::status(
+                0x02,
+                vec![
+                    0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0x00, 0, 0, 0, 0,
+                ],
+            ))
+        }))
+        .with_max_transfer(4096),
+        cfg(),
+    );
+    // READ(10) LBA FFFFFFF8h, 16 blocks: the last chunk's LBA would not fit
+    // 32 bits, so the command goes as it is and the device answers.
+    let cdb = [0x28, 0, 0xFF, 0xFF, 0xFF, 0xF8, 0, 0, 16, 0];
+    let (o, _) = run(&lu, &node_a(), &cdb, &[], 16 * 512);
+    let r = completed(&o);
+    assert_eq!((r.status, r.sense[12]), (Status::CheckCondition, 0x21));
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].cdb, cdb.to_vec());
+}
+
+#[test]
+fn the_block_size_is_inferred_when_read_capacity_fails() {
+    let (fake, lu) = open(
+        FakeSg::new(|c| match c.cdb[0] {
+            0x28 => pattern_reply(c),
+            // INQUIRY, READ CAPACITY: not supported by this "device".
+            _ => Ok(FakeReply::status(0x02, INVALID_OPCODE_SENSE.to_vec())),
+        })
+        .with_max_transfer(1024),
+        cfg(),
+    );
+    assert_eq!(lu.block_size(), None);
+    // READ(10) LBA 0, 4 blocks into 2048 bytes: 512-byte blocks, 2 chunks.
+    let (o, d) = run(
+        &lu,
+        &node_a(),
+        &[0x28, 0, 0, 0, 0, 0, 0, 0, 4, 0],
+        &[],
+        2048,
+    );
+    assert_eq!(completed(&o).data_in_len, 2048);
+    assert_eq!(d[512], 1);
+    let cdbs: Vec<Vec<u8>> = fake.calls().into_iter().map(|c| c.cdb).collect();
+    assert_eq!(
+        cdbs,
+        vec![
+            vec![0x28, 0, 0, 0, 0, 0, 0, 0, 2, 0],
+            vec![0x28, 0, 0, 0, 0, 2, 0, 0, 2, 0],
+        ]
+    );
+}
