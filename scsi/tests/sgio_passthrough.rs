@@ -1527,3 +1527,67 @@ fn the_block_size_is_inferred_when_read_capacity_fails() {
         ]
     );
 }
+
+#[test]
+fn config_options() {
+    let mut c = PassthroughConfig::default();
+    for (k, v) in [
+        ("pr", "helper:/run/arbiter/pr.sock"),
+        ("allow", "3b"),
+        ("deny", "15+55"),
+        ("hide-mode-pages", "08+1c"),
+        ("vendor", "ARBITER"),
+        ("product", "shared0"),
+        ("serial", "SN 1"),
+        ("naa", "naa.6001405000000042"),
+        ("timeout-ms", "60000"),
+        ("max-transfer", "1048576"),
+        ("block-size", "4096"),
+    ] {
+        c.set(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
+    }
+    assert_eq!(c.pr, PrRouting::Helper("/run/arbiter/pr.sock".into()));
+    assert_eq!(
+        c.filter,
+        FilterConfig {
+            allow: vec![0x3B],
+            deny: vec![0x15, 0x55]
+        }
+    );
+    assert_eq!(
+        c.mode_mask,
+        Some(ModeMask {
+            hide: vec![0x08, 0x1C]
+        })
+    );
+    let id = c.identity.clone().unwrap();
+    assert_eq!(
+        (
+            id.vendor.as_deref(),
+            id.product.as_deref(),
+            id.serial.as_deref(),
+            id.naa
+        ),
+        (
+            Some("ARBITER"),
+            Some("shared0"),
+            Some("SN 1"),
+            Some(0x6001_4050_0000_0042)
+        )
+    );
+    assert_eq!(
+        (c.timeout_ms, c.max_transfer_bytes, c.block_size),
+        (60000, Some(1 << 20), Some(4096))
+    );
+    for (k, v) in [
+        ("vendor", "TOO-LONG-VENDOR"),
+        ("naa", "1234"),
+        ("naa", "7001405000000042"),
+        ("hide-mode-pages", "3f"),
+        ("timeout-ms", "soon"),
+        ("pr", "helper:rel"),
+        ("colour", "red"),
+    ] {
+        assert!(c.set(k, v).is_err(), "{k}={v}");
+    }
+}

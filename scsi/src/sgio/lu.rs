@@ -106,6 +106,81 @@ impl Default for PassthroughConfig {
     }
 }
 
+impl PassthroughConfig {
+    /// Apply one `key=value` option of a passthrough disk specification
+    /// (what a command line or config file gives):
+    ///
+    /// | key | value |
+    /// |---|---|
+    /// | `pr` | `passthrough`, `emulated`, `helper:/absolute/socket` |
+    /// | `allow`, `deny` | opcode list, `3b+04` (added to the filter lists) |
+    /// | `hide-mode-pages` | page code list, `08+1c` |
+    /// | `vendor`, `product`, `revision`, `serial` | identity text |
+    /// | `naa` | 16 hex digits (VPD 0x83 NAA designator) |
+    /// | `timeout-ms`, `max-transfer`, `block-size` | decimal |
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), SgioError> {
+        let bad = |why| SgioError::BadOption(format!("{key}={value}"), why);
+        let num = |why| value.parse::<u32>().map_err(|_| bad(why));
+        match key {
+            "pr" => self.pr = value.parse()?,
+            "allow" => self
+                .filter
+                .allow
+                .extend(value.parse::<super::filter::OpcodeList>()?.0),
+            "deny" => self
+                .filter
+                .deny
+                .extend(value.parse::<super::filter::OpcodeList>()?.0),
+            "hide-mode-pages" => {
+                let pages = value.parse::<super::filter::OpcodeList>()?.0;
+                if pages.iter().any(|&p| p >= 0x3F) {
+                    return Err(bad("mode page codes are 00..3e"));
+                }
+                self.mode_mask
+                    .get_or_insert_with(ModeMask::default)
+                    .hide
+                    .extend(pages);
+            }
+            "vendor" | "product" | "revision" | "serial" => {
+                let max = match key {
+                    "vendor" => 8,
+                    "product" => 16,
+                    "revision" => 4,
+                    _ => 251,
+                };
+                if value.len() > max || !value.bytes().all(|c| c.is_ascii_graphic() || c == b' ') {
+                    return Err(bad(
+                        "identity text must be printable ASCII within the field",
+                    ));
+                }
+                let id = self.identity.get_or_insert_with(Identity::default);
+                let slot = match key {
+                    "vendor" => &mut id.vendor,
+                    "product" => &mut id.product,
+                    "revision" => &mut id.revision,
+                    _ => &mut id.serial,
+                };
+                *slot = Some(value.to_owned());
+            }
+            "naa" => {
+                let hex = value.strip_prefix("naa.").unwrap_or(value);
+                let v = u64::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|v| hex.len() == 16 && matches!(v >> 60, 2 | 3 | 5 | 6))
+                    .ok_or_else(|| bad("naa is 16 hex digits starting with 2, 3, 5 or 6"))?;
+                self.identity.get_or_insert_with(Identity::default).naa = Some(v);
+            }
+            "timeout-ms" => self.timeout_ms = num("timeout-ms is a number of milliseconds")?,
+            "max-transfer" => {
+                self.max_transfer_bytes = Some(num("max-transfer is a number of bytes")?)
+            }
+            "block-size" => self.block_size = Some(num("block-size is a number of bytes")?),
+            _ => return Err(bad("unknown passthrough option")),
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 enum PrBackend {
     Passthrough,
