@@ -5,6 +5,7 @@
  *   "reset=92"       port 0x92 bit 0
  *   "reset=cf9"      0xCF9 <- 0x06
  *   "triple"         load an empty IDT and raise an exception
+ *   "spin"           print "spinning" and loop forever (signal tests)
  * A reset first stores a marker in CMOS NVRAM byte 0x50; after the reboot
  * the guest sees the marker, clears it and passes, so a test can tell a
  * reboot from an exit.
@@ -39,6 +40,11 @@ u32 guest_main(struct hvm_start_info *si)
 		outw(base + 4, (u16)(1u << 13)); /* SLP_TYP 0 (S5), SLP_EN */
 		printf("still running after power-off\n");
 		return GUEST_EXIT_FAIL;
+	}
+	if (has(cl, "spin")) {
+		printf("spinning\n");
+		for (;;)
+			cpu_relax();
 	}
 	if (has(cl, "triple")) {
 		struct {

@@ -2,7 +2,7 @@
 //! (leaves 0x1, 0x4, 0xB, 0x1F), x2APIC, the hypervisor bit and the TSC
 //! frequency leaf.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE: u32 = 0x4;
@@ -29,6 +29,28 @@ fn bits_for(n: u32) -> u32 {
 pub fn patch(cpuid: &mut CpuId, id: u8, count: u8, tsc_khz: Option<u32>) {
     let core_bits = bits_for(u32::from(count));
     let apic_id = u32::from(id);
+    // Make sure the topology leaf has its SMT, core and terminating sub-leaves.
+    let max_basic = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    if max_basic >= LEAF_TOPOLOGY {
+        for index in 0..3 {
+            let present = cpuid
+                .as_slice()
+                .iter()
+                .any(|e| e.function == LEAF_TOPOLOGY && e.index == index);
+            if !present {
+                let _ = cpuid.push(kvm_cpuid_entry2 {
+                    function: LEAF_TOPOLOGY,
+                    index,
+                    flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                    ..Default::default()
+                });
+            }
+        }
+    }
     for e in cpuid.as_mut_slice().iter_mut() {
         patch_entry(e, apic_id, u32::from(count), core_bits, tsc_khz);
     }
@@ -117,6 +139,17 @@ mod tests {
         assert_eq!((s[1].ebx, s[1].edx, s[1].ecx >> 8), (1, 3, 1));
         assert_eq!((s[2].eax, s[2].ebx, s[2].edx, s[2].ecx >> 8), (2, 4, 3, 2));
         assert_eq!(s[3].eax >> 26, 3);
+        // With max basic leaf >= 0xB, missing sub-leaves are added.
+        let mut leaf0 = entry(0, 0);
+        leaf0.eax = 0xd;
+        let mut cpuid = CpuId::from_entries(&[leaf0, entry(0xB, 0)]).unwrap();
+        patch(&mut cpuid, 1, 2, None);
+        let core = cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0xB && e.index == 1)
+            .unwrap();
+        assert_eq!((core.eax, core.ebx, core.edx), (1, 2, 1));
         assert_eq!(bits_for(1), 0);
         assert_eq!(bits_for(2), 1);
         assert_eq!(bits_for(5), 3);
