@@ -32,3 +32,40 @@ fn lab_arbiter_boots_pvh_test_guest() {
         report.log.display()
     );
 }
+
+/// Scenario 1 (first half): arbiter boots the Debian kernel (bzImage) of the
+/// lab's Linux test guest by direct kernel boot, with its initramfs, to init,
+/// which runs userspace and reports. The guest is stopped 5 s after it
+/// reports if it cannot power itself off.
+///
+/// Ignored until arbiter gives Linux its platform tables: today the kernel
+/// finds no ACPI RSDP and no MP table, sets the APIC up in virtual-wire mode,
+/// its clock stops at ~8.8 s and it hangs probing i8042 (see
+/// target/lab/logs/arbiter_linux_bzimage.log after `--ignored`).
+#[test]
+#[ignore = "arbiter's Linux boot stops before init (no ACPI/MP tables yet); run with --ignored"]
+fn lab_arbiter_boots_linux_bzimage_to_init() {
+    let scenario = Scenario::new("arbiter_linux_bzimage").vm(Vm::arbiter("linux")
+        .args(["--memory", "256M"])
+        .linux("boot")
+        .expect_exit(None)
+        .timeout(Duration::from_secs(240)));
+    let report = match lab::run("lab_arbiter_boots_linux_bzimage_to_init", &scenario) {
+        Ok(Run::Done(r)) => r,
+        Ok(Run::Skipped(_)) => return,
+        Err(e) => panic!("{e}"),
+    };
+    report.assert_passed();
+    let vm = report.vm("linux");
+    let log = report.log.display();
+    for check in ["modules", "boot"] {
+        let r = vm
+            .result(check)
+            .unwrap_or_else(|| panic!("guest did not report {check} (log: {log})"));
+        assert_eq!(r.status, "pass", "{check}: {r:?} (log: {log})");
+    }
+    assert!(
+        vm.output.iter().any(|l| l.contains("Linux version")),
+        "no kernel banner (log: {log})"
+    );
+}

@@ -23,7 +23,9 @@ lab_disk() {
 }
 
 # lab_vm_start NAME TIMEOUT_S EXPECT_EXIT PATTERN CMD...
-#   EXPECT_EXIT: the exit status that counts as a pass, or '-' for any
+#   EXPECT_EXIT: the exit status that counts as a pass, or '-' for any; with '-' and a
+#                PATTERN the VM is stopped 5 s after the pattern appears if it has not
+#                ended by itself (a guest that reaches its goal but cannot power off)
 #   PATTERN: a fixed string the serial output must contain, or '' for none
 lab_vm_start() {
 	_n=$1
@@ -52,8 +54,20 @@ lab_vm_wait() {
 	_exp=$(cat "$LAB_TMP/$_n.expect")
 	_pat=$(cat "$LAB_TMP/$_n.pattern")
 	_reason=""
+	_seen=""
 	while [ ! -f "$LAB_TMP/$_n.rc" ]; do
 		_el=$(lab_elapsed "$_t0")
+		if [ "$_exp" = "-" ] && [ -n "$_pat" ] && [ -z "$_reason" ]; then
+			if [ -z "$_seen" ] && grep -qF "$_pat" "$LAB_TMP/$_n.serial"; then
+				_seen=$_el
+			elif [ -n "$_seen" ] && [ "$(awk -v a="$_el" -v b="$_seen" 'BEGIN { print (a - b >= 5) }')" = 1 ]; then
+				_reason=stopped
+				echo "@@VM name=$_n event=stopped after=pattern"
+				kill "$(cat "$LAB_TMP/$_n.pid")" 2>/dev/null
+				sleep 1
+				kill -9 "$(cat "$LAB_TMP/$_n.pid")" 2>/dev/null
+			fi
+		fi
 		if [ "${_el%.*}" -ge "$_to" ] && [ -z "$_reason" ]; then
 			_reason=timeout
 			kill "$(cat "$LAB_TMP/$_n.pid")" 2>/dev/null
@@ -63,6 +77,7 @@ lab_vm_wait() {
 		sleep 0.5
 	done
 	_rc=$(cat "$LAB_TMP/$_n.rc")
+	[ "$_reason" = stopped ] && _reason=""
 	_el=$(lab_elapsed "$_t0")
 	tr -d '\r' <"$LAB_TMP/$_n.serial" | sed "s/^/@@SERIAL $_n| /"
 	sed "s/^/@@SERIAL $_n| stderr: /" "$LAB_TMP/$_n.stderr"
