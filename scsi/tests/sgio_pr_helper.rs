@@ -51,6 +51,18 @@ fn helper_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/qemu-pr-helper"))
 }
 
+/// Whether the helper answers the handshake: it listens before dropping
+/// privileges but only serves clients after, so a bare connect is not enough
+/// (an unprivileged run exits in between).
+fn ready(sock: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(sock) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut feat = [0u8; 4];
+    s.read_exact(&mut feat).is_ok()
+}
+
 /// Start qemu-pr-helper in the foreground on a socket in a temp dir, or say
 /// why not.
 fn start(test: &str) -> Option<Helper> {
@@ -74,7 +86,7 @@ fn start(test: &str) -> Option<Helper> {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if sock.exists() && UnixStream::connect(&sock).is_ok() {
+        if sock.exists() && ready(&sock) {
             // The probe connection is dropped; the helper serves others.
             return Some(Helper {
                 child,
@@ -332,7 +344,7 @@ fn the_client_reconnects_after_the_helper_drops_it() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !(h.sock.exists() && UnixStream::connect(&h.sock).is_ok()) {
+    while !(h.sock.exists() && ready(&h.sock)) {
         assert!(Instant::now() < deadline, "helper restart");
         std::thread::sleep(Duration::from_millis(20));
     }
