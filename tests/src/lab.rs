@@ -37,7 +37,7 @@ use crate::{guests, kvm};
 pub const STALL: Duration = Duration::from_secs(40);
 
 /// How many times a run is repeated after a detected hang.
-pub const HANG_RETRIES: u32 = 2;
+pub const HANG_RETRIES: u32 = 3;
 
 /// Time the lab host needs around the scenario itself (boot, kvm_amd,
 /// power-off), added to the sum of the VM time limits.
@@ -535,8 +535,9 @@ pub fn lab_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target").join("lab"))
 }
 
-/// The `arbiter` binary: `$ARBITER_BIN`, else next to this test executable's
-/// `deps/` directory (the same cargo profile).
+/// The `arbiter` binary: `$ARBITER_BIN`, else the one of the same cargo
+/// profile as this executable (a test in `<profile>/deps/`, or a binary in
+/// `<profile>/`).
 pub fn arbiter_bin() -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os("ARBITER_BIN") {
         let p = PathBuf::from(p);
@@ -547,11 +548,12 @@ pub fn arbiter_bin() -> Result<PathBuf, Error> {
         };
     }
     let exe = std::env::current_exe().map_err(io_err("current_exe"))?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_owned)
-        .unwrap_or_default();
+    let dir = exe.parent().map(Path::to_owned).unwrap_or_default();
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_owned).unwrap_or_default()
+    } else {
+        dir
+    };
     let p = profile_dir.join("arbiter");
     if p.is_file() {
         Ok(p)
