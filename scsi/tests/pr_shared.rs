@@ -10,7 +10,7 @@ use std::sync::Arc;
 use pr_common::*;
 use scsi::pr::shared::{decode, encode, read_state_file};
 use scsi::pr::state::Registration;
-use scsi::pr::{disk_naa_designator, PrAccess, PrState, RegistrantId, Reservations, SharedPr};
+use scsi::pr::{PrAccess, PrState, RegistrantId, Reservations, SharedPr};
 
 fn disk() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -58,12 +58,11 @@ fn uuid_persists_and_feeds_the_naa_designator() {
     let (_d2, img2) = disk();
     let other = SharedPr::open_unshared(&base(&img2)).unwrap().disk_uuid();
     assert_ne!(u1, other);
-    let naa = disk_naa_designator(&u1);
-    assert_eq!(naa[0], 0x60, "NAA 6, company ID 0");
-    assert_eq!(&naa[1..3], &[0, 0]);
-    assert_eq!(naa[3] >> 4, 0);
-    assert_ne!(naa, disk_naa_designator(&other));
-    assert_eq!(naa, disk_naa_designator(&u1));
+    // VPD 0x83's NAA 6 name derives from it: same disk, same name.
+    let naa = scsi::DiskIdentity::from_uuid(u1).naa();
+    assert_eq!(naa[0] >> 4, 6);
+    assert_eq!(naa, scsi::DiskIdentity::from_uuid(u2).naa());
+    assert_ne!(naa, scsi::DiskIdentity::from_uuid(other).naa());
 }
 
 #[test]

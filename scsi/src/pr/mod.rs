@@ -20,7 +20,7 @@
 //!   `SharedPr::open(image_path)` (or `SharedPr::open_at(configured_base)`)
 //!   returns an `Arc<SharedPr>` usable as `Arc<dyn Reservations>`; its
 //!   [`SharedPr::disk_uuid`] feeds VPD page 0x83 through
-//!   [`disk_naa_designator`]. The file format and the locking, caching and
+//!   `DiskIdentity::from_uuid`. The file format and the locking, caching and
 //!   last-user rules are documented in [`shared`].
 //! * PREEMPT AND ABORT: call [`Reservations::reserve_out_with_aborts`]; its
 //!   [`PrOutResult::abort`] names the preempted registrants whose commands
@@ -31,7 +31,7 @@
 pub mod shared;
 pub mod state;
 
-pub use shared::{disk_naa_designator, SharedPr, SharedPrError};
+pub use shared::{SharedPr, SharedPrError};
 pub use state::{MemoryPr, PrOutResult, PrState, PrType, RegistrantId};
 
 use crate::nexus::ItNexus;
@@ -137,7 +137,7 @@ pub trait Reservations: Send + Sync + std::fmt::Debug {
 
     /// The persisted 16-byte identity of the disk this state belongs to (see
     /// [`SharedPr::disk_uuid`]), from which VPD page 0x83 may derive its NAA
-    /// designator ([`disk_naa_designator`]). `None` for in-memory state.
+    /// designator (`DiskIdentity::from_uuid`). `None` for in-memory state.
     fn disk_uuid(&self) -> Option<[u8; 16]> {
         None
     }

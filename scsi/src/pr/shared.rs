@@ -55,7 +55,8 @@
 //! * **Identity**: the first opener creates a random 16-byte UUID stored in
 //!   the state file header; it is never dropped (not even by a power-loss
 //!   drop), so every process and every restart sees the same identity
-//!   ([`SharedPr::disk_uuid`], [`disk_naa_designator`] for VPD page 0x83).
+//!   ([`SharedPr::disk_uuid`]; VPD page 0x83 derives the logical unit's NAA 6
+//!   name from it with `crate::DiskIdentity::from_uuid`).
 //!   Deleting the `.pr` file gives the disk a new identity.
 //!
 //! # File format of `.pr` (all integers big-endian)
@@ -123,27 +124,6 @@ fn io_err<'a>(
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// The NAA IEEE Registered Extended (NAA 6) designator, 16 bytes, that VPD
-/// page 0x83 reports as the logical unit's identifier, derived from the
-/// disk's persisted UUID ([`SharedPr::disk_uuid`]): NAA 6, IEEE company ID 0
-/// (locally assigned), then 124 bits taken from the UUID. Identical from
-/// every process that opens the disk, distinct between disks.
-pub fn disk_naa_designator(uuid: &[u8; 16]) -> [u8; 16] {
-    let mut d = [0u8; 16];
-    // Byte 0: NAA (4 bits) | company ID bits 23..20; bytes 1..3: the rest of
-    // the company ID (zero) and the top nibble of the vendor specific id.
-    d[0] = 0x60;
-    d[1] = 0;
-    d[2] = 0;
-    d[3] = uuid[0] & 0x0F;
-    d[4..16].copy_from_slice(&uuid[1..13]);
-    // Fold the remaining UUID bytes in so that all 128 bits contribute.
-    for (i, b) in uuid[13..16].iter().enumerate() {
-        d[13 + i] ^= b.rotate_left(4);
-    }
-    d
 }
 
 /// A shared 8-byte counter in the mmap of `.pr.lock`.
@@ -398,7 +378,8 @@ impl SharedPr {
 
     /// The disk's persisted 16-byte identity (a random RFC 4122 v4 UUID made
     /// by the first process that ever opened the disk, stored in the `.pr`
-    /// header). Feed it to [`disk_naa_designator`] for VPD page 0x83.
+    /// header). `DiskIdentity::from_uuid(pr.disk_uuid())` makes the VPD page
+    /// 0x83 NAA designator from it, identical from every process.
     pub fn disk_uuid(&self) -> [u8; 16] {
         self.uuid
     }
