@@ -30,11 +30,12 @@
 //!   microseconds); atomicity against process death does not need it.
 //! * **Readers** (the data path: [`Reservations::conflicts`], PR IN,
 //!   unit-attention polling) never take the file lock: they load the shared
-//!   version counter (acquire) and use the state cached in this process if it
-//!   was read at that version; otherwise they re-read `.pr` (consistent
-//!   thanks to the atomic rename) and cache it under the version loaded
-//!   *before* the read. So an I/O costs one atomic load and an uncontended
-//!   read lock.
+//!   version counter (acquire) and use the state cached by this thread (a
+//!   thread-local copy) or else by this process if it was read at that
+//!   version; otherwise they re-read `.pr` (consistent thanks to the atomic
+//!   rename) and cache it under the version loaded *before* the read. So a
+//!   command costs one atomic load and a thread-local lookup, and I/O
+//!   threads share no written cache line while the state does not change.
 //! * **Version**: the file carries the version it was written with; a writer
 //!   uses `max(file, counter) + 1`. A writer killed between its rename and
 //!   its counter store leaves the counter behind the file; the next update or
@@ -78,6 +79,7 @@
 //! ```
 //! Never delete `.pr.lock` or `.pr.users` while a process has the disk open.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -209,7 +211,20 @@ impl Drop for ExLock<'_> {
 #[derive(Debug)]
 struct Cached {
     version: u64,
-    state: PrState,
+    state: Arc<PrState>,
+}
+
+/// Source of [`SharedPr`] ids for the per-thread caches.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How many disks' states one thread caches before starting afresh.
+const LOCAL_CACHE_MAX: usize = 64;
+
+thread_local! {
+    /// Per-thread copies of the cached states: (SharedPr id, version, state).
+    /// The data path reads these without touching any shared cache line
+    /// except the version counter.
+    static LOCAL: RefCell<Vec<(u64, u64, Arc<PrState>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The PR state of one disk, shared through files with every other process
@@ -223,6 +238,7 @@ pub struct SharedPr {
     counter: SharedCounter,
     update: Mutex<()>,
     cache: RwLock<Cached>,
+    id: u64,
     uuid: [u8; 16],
     ports: Mutex<Vec<TargetPort>>,
 }
@@ -370,7 +386,11 @@ impl SharedPr {
             users_file: Mutex::new(Some(users_file)),
             counter,
             update: Mutex::new(()),
-            cache: RwLock::new(Cached { version, state }),
+            cache: RwLock::new(Cached {
+                version,
+                state: Arc::new(state),
+            }),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             uuid,
             ports: Mutex::new(Vec::new()),
         })
@@ -409,27 +429,63 @@ impl SharedPr {
         self.counter.atomic().load(Ordering::Acquire)
     }
 
-    /// Run `f` on the current state without taking the file lock.
+    /// Run `f` on the current state without taking the file lock: the
+    /// thread's own copy when it is at the current version, else the
+    /// process' copy, else the file.
     fn with_state<R>(&self, f: impl FnOnce(&PrState) -> R) -> R {
         let v = self.counter.atomic().load(Ordering::Acquire);
+        let hit = LOCAL.with(|l| {
+            let l = l.borrow();
+            match l.iter().find(|e| e.0 == self.id && e.1 == v) {
+                Some(e) => Ok(f(&e.2)),
+                None => Err(f),
+            }
+        });
+        let f = match hit {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
+        let (version, state) = self.process_state(v);
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if let Some(e) = l.iter_mut().find(|e| e.0 == self.id) {
+                e.1 = version;
+                e.2 = Arc::clone(&state);
+            } else {
+                if l.len() >= LOCAL_CACHE_MAX {
+                    l.clear();
+                }
+                l.push((self.id, version, Arc::clone(&state)));
+            }
+        });
+        f(&state)
+    }
+
+    /// The process-wide cached state at version `v` (re-read from the file
+    /// if older), with the version it is valid for.
+    fn process_state(&self, v: u64) -> (u64, Arc<PrState>) {
         {
             let c = self.cache.read().unwrap_or_else(|e| e.into_inner());
             if c.version == v {
-                return f(&c.state);
+                return (v, Arc::clone(&c.state));
             }
         }
         match read_state_file(&self.base) {
             Ok(Some((_, _, state))) => {
+                let state = Arc::new(state);
                 let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
-                *c = Cached { version: v, state };
-                f(&c.state)
+                *c = Cached {
+                    version: v,
+                    state: Arc::clone(&state),
+                };
+                (v, state)
             }
             other => {
                 if let Err(e) = other {
                     log::error!("reading PR state: {e}; using the cached state");
                 }
                 let c = self.cache.read().unwrap_or_else(|e| e.into_inner());
-                f(&c.state)
+                (c.version, Arc::clone(&c.state))
             }
         }
     }
@@ -464,7 +520,10 @@ impl SharedPr {
         }
         counter.store(version, Ordering::Release);
         let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        *c = Cached { version, state };
+        *c = Cached {
+            version,
+            state: Arc::new(state),
+        };
         Ok((r, version))
     }
 
