@@ -76,6 +76,7 @@ if [ ! -f "$out/.done" ]; then
 	mcopy -i "$out/esp.img" "$out/initrd.gz" ::/EFI/lab/initrd.gz
 	rm -rf "$root"
 	touch "$out/.done"
+	lab_prune guest "$out"
 fi
 echo "LAB_GUEST_DIR=$out"
 echo "LAB_GUEST_KERNEL=$out/vmlinuz"

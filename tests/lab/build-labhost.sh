@@ -71,6 +71,7 @@ build_base() {
 		cp "$KIMAGE" "$out/vmlinuz"
 		rm -rf "$root"
 		touch "$out/.done"
+		lab_prune labhost "$out"
 	fi
 	local preload=""
 	if shim_needed; then
@@ -78,6 +79,7 @@ build_base() {
 		if [ ! -f "$preload" ]; then
 			gcc -O2 -Wall -shared -fPIC -o "$preload.tmp" "$LAB_SRC/bql-shim.c" -ldl
 			mv "$preload.tmp" "$preload"
+			for f in "$LAB_DIR"/bql-shim-*.so; do [ "$f" = "$preload" ] || rm -f "$f"; done
 		fi
 	fi
 	echo "LAB_HOST_DIR=$out"

@@ -166,3 +166,12 @@ lab_hash() {
 		done
 	} | sha256sum | cut -c1-16
 }
+
+# lab_prune PREFIX KEEP: remove older cached builds $LAB_DIR/PREFIX-* other than KEEP.
+lab_prune() {
+	local d
+	for d in "$LAB_DIR/$1"-*; do
+		[ -e "$d" ] && [ "$d" != "$2" ] && rm -rf "$d"
+	done
+	return 0
+}

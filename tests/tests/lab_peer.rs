@@ -14,7 +14,7 @@ fn lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk() {
         .disk("disk0", 64)
         .vm(Vm::qemu("qemu-linux")
             .args(["-m", "256"])
-            .linux("probe")
+            .linux("probe,bench")
             .args([
                 "-device",
                 "virtio-scsi-pci,id=scsi0",
@@ -44,6 +44,8 @@ fn lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk() {
         "sg_readcap",
         "sg_turs",
         "rw_block",
+        "bench_read",
+        "bench_write",
     ] {
         let r = vm.result(check).unwrap_or_else(|| {
             panic!(
@@ -66,6 +68,30 @@ fn lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk() {
     assert_eq!(
         disk.fields.get("sectors").map(String::as_str),
         Some("131072")
+    );
+    // The peer numbers arbiter will be compared with (boot to init, 4 KiB QD1 IOPS).
+    let field = |check: &str, key: &str| {
+        vm.result(check)
+            .and_then(|r| r.fields.get(key))
+            .cloned()
+            .unwrap_or_default()
+    };
+    for b in ["bench_read", "bench_write"] {
+        let iops: u64 = field(b, "iops").parse().unwrap_or(0);
+        assert!(
+            iops > 0,
+            "{b}: no IOPS figure (log: {})",
+            report.log.display()
+        );
+    }
+    eprintln!(
+        "PEER qemu ({:?}): init at {} s guest uptime, VM wall {:.1} s, 4 KiB QD1 read {} IOPS, \
+         write {} IOPS",
+        report.mode,
+        field("boot", "uptime"),
+        vm.seconds,
+        field("bench_read", "iops"),
+        field("bench_write", "iops")
     );
 }
 

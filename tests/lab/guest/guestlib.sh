@@ -35,3 +35,16 @@ lab_wait_disks() {
 lab_inq_field() { # DEV FIELD ("Vendor identification" ...)
 	sg_inq "$1" 2>/dev/null | sed -n "s/^ *$2: *//p" | sed 's/ *$//; s/  */_/g' | head -n 1
 }
+# The first SCSI disk that is not the lab's own EFI system partition (label LABESP).
+lab_data_disk() {
+	local d
+	for d in /dev/sd[a-z]; do
+		[ -b "$d" ] || continue
+		dd if=$d bs=512 count=1 2>/dev/null | grep -q LABESP && continue
+		echo "$d"
+		return 0
+	done
+	return 1
+}
+# Operations per second: OPS over the seconds between uptimes T0 and T1.
+lab_rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { d = b - a; if (d <= 0) d = 0.01; printf "%d", n / d }'; }

@@ -7,14 +7,7 @@ else
 	lab_result virtio_scsi_bound fail
 fi
 if lab_wait_disks 20; then
-	# the first disk that is not the lab's own EFI system partition (volume label LABESP)
-	disk=""
-	for d in /dev/sd[a-z]; do
-		dd if=$d bs=512 count=1 2>/dev/null | grep -q LABESP && continue
-		disk=$d
-		break
-	done
-	[ -n "$disk" ] || disk=$(ls /dev/sd[a-z] | head -n 1)
+	disk=$(lab_data_disk)
 	lab_result disk_found pass dev=$disk sectors=$(cat /sys/block/${disk#/dev/}/size)
 	sg=$(ls /sys/block/${disk#/dev/}/device/scsi_generic 2>/dev/null | head -n 1)
 	[ -n "$sg" ] && lab_result sg_node pass dev=/dev/$sg || lab_result sg_node fail
