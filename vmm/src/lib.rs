@@ -9,6 +9,7 @@ pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod device_manager;
+pub mod scsi_config;
 pub mod stop;
 pub mod vmm;
 pub mod vstate;

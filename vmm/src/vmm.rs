@@ -71,9 +71,6 @@ impl Vmm {
         if config.firmware.is_some() {
             return Err(Error::NotImplemented("--firmware (UEFI boot)"));
         }
-        if !config.scsi.is_empty() || !config.scsi_disks.is_empty() {
-            return Err(Error::NotImplemented("--scsi/--scsi-disk (virtio-scsi)"));
-        }
         if !config.net.is_empty() {
             return Err(Error::NotImplemented("--net"));
         }
@@ -93,6 +90,14 @@ impl Vmm {
         if config.pci_testdev {
             devices.add_pci_testdev()?;
         }
+        crate::scsi_config::add_controllers(
+            &mut devices,
+            &memory,
+            &config.name,
+            config.cpus,
+            &config.scsi,
+            &config.scsi_disks,
+        )?;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|source| vm::VmError::Ioctl {
