@@ -209,7 +209,11 @@ impl<'m> Device<'m> {
         let last = 3 * (self.avail.wrapping_sub(1) % self.chains);
         let base = BUFS + u64::from(last / 3) * 0x2000;
         let resp: [u8; 12] = self.mem.read_obj(GuestAddress(base + 0x100)).unwrap();
-        assert_eq!(&resp[4..12], &[0, 0, 0, 0, 0, 0, 0, 0], "resid/status/response");
+        assert_eq!(
+            &resp[4..12],
+            &[0, 0, 0, 0, 0, 0, 0, 0],
+            "resid/status/response"
+        );
     }
 }
 
