@@ -322,3 +322,58 @@ fn a_writer_killed_before_publishing_is_repaired_by_the_next_update() {
     assert!(p.conflicts(&node(2), PrAccess::Write));
     assert_eq!(read_keys(&p, &node(2)).1, vec![1, 3]);
 }
+
+#[test]
+fn threads_of_one_process_arbitrate_on_one_state_object() {
+    let (_dir, img) = disk();
+    let pr = SharedPr::open(&img).unwrap();
+    let workers: Vec<_> = (1..=4u8)
+        .map(|w| {
+            let pr = Arc::clone(&pr);
+            std::thread::spawn(move || {
+                let arb = node(w);
+                let by = node_port2(w);
+                let mine = 0xA0u64 << 56 | u64::from(w);
+                let mut by_key = 0xB0u64 << 56 | u64::from(w) << 16;
+                expect(&out(&*pr, &by, REG_IGNORE, 0, 0, by_key), 0, &[]);
+                let mut wins = 0;
+                for i in 0..150u32 {
+                    pr.take_unit_attentions(&arb);
+                    expect(&out(&*pr, &arb, REG_IGNORE, 0, 0, mine), 0, &[]);
+                    let d = pr.reserve_in(&arb, &in_cdb(1)).data;
+                    let o = if d.len() < 24 {
+                        out(&*pr, &arb, RESERVE, EA, mine, 0)
+                    } else {
+                        let holder = u64::from_be_bytes(d[8..16].try_into().unwrap());
+                        if holder == mine {
+                            out(&*pr, &arb, RELEASE, EA, mine, 0)
+                        } else {
+                            out(&*pr, &arb, PREEMPT, EA, mine, holder)
+                        }
+                    };
+                    assert!(matches!(o.status as u8, 0x00 | 0x18), "{o:?}");
+                    wins += usize::from(o.status as u8 == 0);
+                    if i % 10 == 0 {
+                        // Nobody touches bystander keys: this never conflicts.
+                        expect(&out(&*pr, &by, REGISTER, 0, by_key, by_key + 1), 0, &[]);
+                        by_key += 1;
+                    }
+                }
+                (by_key, wins)
+            })
+        })
+        .collect();
+    let results: Vec<_> = workers.into_iter().map(|h| h.join().unwrap()).collect();
+    let keys = read_keys(&*pr, &node(9)).1;
+    for (by_key, wins) in results {
+        assert!(keys.contains(&by_key), "bystander key {by_key:#x} lost");
+        assert!(wins > 0);
+    }
+    let s = pr.snapshot();
+    assert!(
+        s.reservation.is_none()
+            || s.registrations
+                .iter()
+                .any(|g| Some(&g.id) == s.reservation.as_ref().map(|r| &r.holder))
+    );
+}
