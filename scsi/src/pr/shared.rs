@@ -78,6 +78,8 @@
 //! port name  = u16 length, TransportID (SPC-4 7.6.4)
 //! ```
 //! Never delete `.pr.lock` or `.pr.users` while a process has the disk open.
+//! The files are created with mode 0660: VM processes of different users
+//! can share a disk if they share a group (and the directory allows it).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -327,7 +329,7 @@ impl SharedPr {
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .mode(0o600)
+                .mode(0o660)
                 .open(p)
                 .map_err(io_err("open", p))
         };
@@ -679,7 +681,7 @@ fn write_state_file(
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(0o660)
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
     f.write_all(&bytes).map_err(io_err("write", &tmp))?;

@@ -47,6 +47,10 @@
 //!   nexus' own included if its key matches (SPC-4 5.7.11.4.4); PREEMPT of
 //!   the holder keeps the issuing nexus' registration; a changed type raises
 //!   RESERVATIONS RELEASED for the remaining registrants (5.7.11.4.3 f).
+//! * Unit attentions go to the registrants SPC-4 names (never to the nexus
+//!   whose command raised them, never to unregistered nexuses). A unit
+//!   attention for an ALL_TG_PT registrant is reported once, to the first of
+//!   its I_T nexuses that asks (not once per target port).
 //! * With any registration present, RESERVE/RELEASE complete with GOOD and no
 //!   effect from the PR holder or from a registrant under a registrants-only /
 //!   all-registrants reservation, and conflict otherwise (SPC-4 5.7.3).
