@@ -207,3 +207,55 @@ fn two_vms_arbitrate_through_the_target() {
     assert_eq!(a.cmd(&WRITE10, &sector, 0).0, Status::Good);
     assert_eq!(b.cmd(&WRITE10, &sector, 0).0, Status::Good);
 }
+
+#[test]
+fn three_vms_arbitrate_through_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("shared.img.pr");
+    let image = Arc::new(MemBackend::from_vec(vec![0; 1 << 20]));
+    let vms: Vec<Vm> = (1..=3)
+        .map(|i| {
+            let pr = Arc::new(SharedPr::open_unshared(&base).unwrap());
+            Vm::new(i, pr, image.clone())
+        })
+        .collect();
+    let (a, b, c) = (&vms[0], &vms[1], &vms[2]);
+    let key = |i: u8| 0x00C0_FFEE_0000_0000u64 | u64::from(i);
+    let sector = vec![0x33u8; 512];
+
+    // A owns (WE-RO); B and C register; registrants may write under WE-RO.
+    assert_eq!(a.cmd(&REG_IGNORE, &params(0, key(1)), 0).0, Status::Good);
+    assert_eq!(a.cmd(&RESERVE_WE_RO, &params(key(1), 0), 0).0, Status::Good);
+    for (vm, i) in [(b, 2), (c, 3)] {
+        assert_eq!(vm.cmd(&WRITE10, &sector, 0).0 as u8, 0x18);
+        assert_eq!(vm.cmd(&REG_IGNORE, &params(0, key(i)), 0).0, Status::Good);
+        assert_eq!(vm.cmd(&WRITE10, &sector, 0).0, Status::Good);
+    }
+    // C reads the reservation: A's key, PRgeneration 3.
+    let (_, _, data) = c.cmd(&READ_RESERVATION, &[], 24);
+    assert_eq!(&data[..4], &[0, 0, 0, 3]);
+    assert_eq!(&data[8..16], &key(1).to_be_bytes());
+    // C preempts A: only A gets REGISTRATIONS PREEMPTED.
+    assert_eq!(
+        c.cmd(&PREEMPT_WE_RO, &params(key(3), key(1)), 0).0,
+        Status::Good
+    );
+    let (st, sense, _) = a.cmd(&READ10, &[], 512);
+    assert_eq!(
+        (st, sense[2], sense[12], sense[13]),
+        (Status::CheckCondition, 6, 0x2A, 0x05)
+    );
+    assert_eq!(a.cmd(&WRITE10, &sector, 0).0 as u8, 0x18);
+    assert_eq!(b.cmd(&WRITE10, &sector, 0).0, Status::Good);
+    // C clears: B (still registered) gets RESERVATIONS PREEMPTED; A does not.
+    assert_eq!(c.cmd(&CLEAR, &params(key(3), 0), 0).0, Status::Good);
+    let (st, sense, _) = b.cmd(&WRITE10, &sector, 0);
+    #[rustfmt::skip]
+    assert_eq!((st, sense), (Status::CheckCondition, vec![
+        0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, // UNIT ATTENTION
+        0x2A, 0x03, 0, 0, 0, 0,                    // RESERVATIONS PREEMPTED
+    ]));
+    for vm in &vms {
+        assert_eq!(vm.cmd(&WRITE10, &sector, 0).0, Status::Good);
+    }
+}
