@@ -367,7 +367,20 @@ pub enum Mode {
 }
 
 /// The mode this host supports, or why it supports none.
+/// `ARBITER_LAB_MODE=direct|nested` forces one (e.g. `direct` on a PVM host
+/// for the freestanding test guests, or `nested` on a VMX/SVM host to test
+/// the lab host itself).
 pub fn mode() -> Result<Mode, String> {
+    match std::env::var("ARBITER_LAB_MODE").as_deref() {
+        Ok("direct") => return Ok(Mode::Direct),
+        Ok("nested") => return Ok(Mode::Nested),
+        Ok(other) if !other.is_empty() => {
+            return Err(format!(
+                "ARBITER_LAB_MODE={other} (expected direct or nested)"
+            ))
+        }
+        _ => {}
+    }
     if kvm::hardware_virtualization() && kvm::available().is_ok() {
         return Ok(Mode::Direct);
     }
@@ -639,6 +652,7 @@ pub fn run(test: &str, scenario: &Scenario) -> Result<Run, Error> {
     let logs = lab_dir().join("logs");
     std::fs::create_dir_all(&logs).map_err(io_err("creating target/lab/logs"))?;
     let log = logs.join(format!("{}.log", scenario.name));
+    let _ = std::fs::remove_file(&log);
     let run_dir = lab_dir().join("runs").join(&scenario.name);
     std::fs::create_dir_all(&run_dir).map_err(io_err("creating the run directory"))?;
     let script_path = run_dir.join("scenario.sh");
@@ -743,7 +757,6 @@ fn run_nested(
     let initrd = get("LAB_RUN_INITRD")?;
     let qemu = get("LAB_OUTER_QEMU")?;
     let preload = env.get("LAB_OUTER_PRELOAD").cloned().unwrap_or_default();
-    let _ = std::fs::remove_file(log);
     let limit = scenario.time_limit() + LAB_OVERHEAD;
     let mut hangs = 0;
     loop {
