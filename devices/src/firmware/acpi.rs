@@ -610,6 +610,69 @@ pub fn run_loader(
     Ok(())
 }
 
+/// Where [`install`] put the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Installed {
+    /// Guest-physical address of the RSDP (for `hvm_start_info.rsdp_paddr`
+    /// or `boot_params.acpi_rsdp_addr`; it is also where a BIOS-style scan
+    /// of 0xE0000-0xFFFFF finds it when placed there).
+    pub rsdp: u64,
+    /// Guest-physical address of the first table.
+    pub tables: u64,
+    /// Bytes used from `tables`.
+    pub tables_len: usize,
+}
+
+/// Errors writing the tables into guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Building them failed.
+    #[error(transparent)]
+    Build(#[from] AcpiError),
+    /// The loader script did not run (a bug).
+    #[error("ACPI loader script: {0}")]
+    Loader(String),
+    /// The chosen addresses are not guest RAM.
+    #[error("ACPI tables do not fit in guest memory at {0:#x}")]
+    Memory(u64),
+}
+
+/// For direct kernel boot without firmware: build the tables, relocate
+/// them to `tables_at` / `rsdp_at` (running the same loader script OVMF
+/// would) and write them into guest memory. Both ranges must be guest RAM
+/// that the memory map marks reserved (the F-segment is customary for the
+/// RSDP).
+pub fn install<M: vm_memory::GuestMemory>(
+    mem: &M,
+    p: &AcpiPlatform,
+    tables_at: u64,
+    rsdp_at: u64,
+) -> Result<Installed, InstallError> {
+    use vm_memory::{Bytes, GuestAddress};
+    let blobs = build(p)?;
+    let mut files = std::collections::BTreeMap::new();
+    files.insert(TABLES_FILE.to_owned(), blobs.tables);
+    files.insert(RSDP_FILE.to_owned(), blobs.rsdp);
+    run_loader(&blobs.loader, &mut files, |f| {
+        if f == TABLES_FILE {
+            tables_at
+        } else {
+            rsdp_at
+        }
+    })
+    .map_err(InstallError::Loader)?;
+    let tables = &files[TABLES_FILE];
+    mem.write_slice(tables, GuestAddress(tables_at))
+        .map_err(|_| InstallError::Memory(tables_at))?;
+    mem.write_slice(&files[RSDP_FILE], GuestAddress(rsdp_at))
+        .map_err(|_| InstallError::Memory(rsdp_at))?;
+    Ok(Installed {
+        rsdp: rsdp_at,
+        tables: tables_at,
+        tables_len: tables.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,6 +814,29 @@ mod tests {
                 ..Default::default()
             }),
             Err(AcpiError::BadWindow { .. })
+        ));
+    }
+
+    #[test]
+    fn install_writes_relocated_tables_into_guest_memory() {
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+        let mem: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let at = install(&mem, &AcpiPlatform::default(), 0xE_0000, 0xF_0000).unwrap();
+        assert_eq!(at.rsdp, 0xF_0000);
+        let mut rsdp = [0u8; 20];
+        mem.read_slice(&mut rsdp, GuestAddress(0xF_0000)).unwrap();
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(sum8(&rsdp), 0);
+        let rsdt = u64::from(u32::from_le_bytes(rsdp[16..20].try_into().unwrap()));
+        assert!(rsdt > 0xE_0000 && rsdt < 0xE_0000 + at.tables_len as u64);
+        let mut sig = [0u8; 4];
+        mem.read_slice(&mut sig, GuestAddress(rsdt)).unwrap();
+        assert_eq!(&sig, b"RSDT");
+        // Outside guest memory: an error.
+        assert!(matches!(
+            install(&mem, &AcpiPlatform::default(), 0xFF_F000, 0xF_0000),
+            Err(InstallError::Memory(_))
         ));
     }
 
