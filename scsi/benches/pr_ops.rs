@@ -119,6 +119,98 @@ fn data_path(c: &mut Criterion) {
     g.finish();
 }
 
+/// One 4 KiB READ(10) through `EmulatedTarget` + `Disk` (memory image):
+/// the whole command path, with no PR state, and with shared PR state where
+/// another node holds a Write Exclusive - Registrants Only reservation and
+/// this node is registered (the cluster's steady state).
+fn target_path(c: &mut Criterion) {
+    use scsi::target::TaskAttr;
+    use scsi::{
+        DataIn, DataOut, Disk, DiskConfig, DiskIdentity, EmulatedTarget, MemBackend, Request,
+        ScsiTarget,
+    };
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let make = |pr: Option<Arc<dyn Reservations>>| {
+        let disk = Disk::new(
+            DiskConfig::new(DiskIdentity::from_uuid([7; 16])),
+            Arc::new(MemBackend::from_vec(vec![0; 1 << 20])),
+            pr,
+        )
+        .expect("disk");
+        EmulatedTarget::new()
+            .with_lun(0, Arc::new(disk))
+            .expect("lun")
+    };
+    let shared = Arc::new(SharedPr::open_unshared(&dir.path().join("t.pr")).expect("open"));
+    let (a, b) = (node(1), node(2));
+    shared.reserve_out(&a, &cdb(0x06, 0), &plist(0, 0xA, 0));
+    shared.reserve_out(&b, &cdb(0x06, 0), &plist(0, 0xB, 0));
+    shared.reserve_out(&a, &cdb(0x01, 5), &plist(0xA, 0, 0));
+    let targets = [
+        ("no_pr", make(None)),
+        ("reservation_held", make(Some(shared))),
+    ];
+    // READ(10), LBA 8, 8 blocks of 512 bytes.
+    let read10 = [0x28, 0x00, 0, 0, 0, 8, 0x00, 0x00, 0x08, 0x00];
+    let mut sink = Vec::with_capacity(4096);
+    let mut g = c.benchmark_group("target_read_4k");
+    g.sample_size(40).measurement_time(Duration::from_secs(3));
+    for (name, t) in &targets {
+        let mut tag = 1u64;
+        // Consume the power-on unit attention.
+        for _ in 0..4 {
+            sink.clear();
+            let req = Request {
+                nexus: &b,
+                lun: 0,
+                tag,
+                attr: TaskAttr::Simple,
+                cdb: &read10,
+            };
+            tag += 1;
+            let _ = t.execute(
+                &req,
+                DataOut {
+                    reader: &mut std::io::empty(),
+                    len: 0,
+                },
+                DataIn {
+                    writer: &mut sink,
+                    len: 4096,
+                },
+            );
+        }
+        g.bench_function(*name, |bn| {
+            bn.iter(|| {
+                sink.clear();
+                let req = Request {
+                    nexus: &b,
+                    lun: 0,
+                    tag,
+                    attr: TaskAttr::Simple,
+                    cdb: &read10,
+                };
+                tag += 1;
+                let r = t.execute(
+                    &req,
+                    DataOut {
+                        reader: &mut std::io::empty(),
+                        len: 0,
+                    },
+                    DataIn {
+                        writer: &mut sink,
+                        len: 4096,
+                    },
+                );
+                black_box(r.map(|r| r.status))
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -129,6 +221,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pr_out, data_path
+    targets = pr_out, data_path, target_path
 }
 criterion_main!(benches);
