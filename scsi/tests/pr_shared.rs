@@ -377,3 +377,39 @@ fn threads_of_one_process_arbitrate_on_one_state_object() {
                 .any(|g| Some(&g.id) == s.reservation.as_ref().map(|r| &r.holder))
     );
 }
+
+#[test]
+fn aptpl_state_survives_a_crash_of_every_user() {
+    // All processes died (nobody holds the users lock) and left APTPL state
+    // with a pending UA and a reservation: the first opener keeps the
+    // registrations and the reservation, drops the UA.
+    let (_dir, img) = disk();
+    let b = base(&img);
+    let mut s = PrState {
+        generation: 7,
+        aptpl: true,
+        ..PrState::default()
+    };
+    for i in 1..=2 {
+        s.registrations.push(Registration {
+            id: RegistrantId::exact(&node(i)),
+            key: u64::from(i),
+        });
+    }
+    s.reservation = Some(scsi::pr::state::Reservation {
+        holder: RegistrantId::exact(&node(1)),
+        ty: scsi::pr::PrType::ExclusiveAccessRegistrantsOnly,
+    });
+    s.pending_ua.push(scsi::pr::state::PendingUa {
+        to: RegistrantId::exact(&node(2)),
+        asc: 0x2A,
+        ascq: 0x05,
+    });
+    std::fs::write(&b, encode(3, &[9; 16], &s)).unwrap();
+    let p = SharedPr::open_unshared(&b).unwrap();
+    assert_eq!(read_keys(&p, &node(3)), (7, vec![1, 2]));
+    assert!(p.conflicts(&node(3), PrAccess::Read));
+    assert!(!p.conflicts(&node(2), PrAccess::Write));
+    assert_eq!(uas(&p, &node(2)), vec![]);
+    assert_eq!(p.disk_uuid(), [9; 16]);
+}
