@@ -82,8 +82,25 @@ fn run(lu: &PassthroughLu, cdb: &[u8], out: &[u8], in_len: usize) -> (Passthroug
 
 fn status(o: &PassthroughOutcome) -> Status {
     match o {
-        PassthroughOutcome::Completed(r) => r.status,
+        PassthroughOutcome::Completed(r) => {
+            if r.status != Status::Good {
+                println!("status {:?}, sense {:02x?}", r.status, r.sense);
+            }
+            r.status
+        }
         other => panic!("host failure: {other:?}"),
+    }
+}
+
+/// TEST UNIT READY until GOOD: a new I_T nexus first reports its power-on
+/// unit attention, as a real initiator sees after login.
+fn settle(lu: &PassthroughLu) {
+    for _ in 0..4 {
+        if let (PassthroughOutcome::Completed(r), _) = run(lu, &[0, 0, 0, 0, 0, 0], &[], 0) {
+            if r.status == Status::Good {
+                return;
+            }
+        }
     }
 }
 
@@ -124,6 +141,8 @@ fn real_device_reservation_conflict_reaches_the_other_initiator() {
     };
     let la = open(&a, None);
     let lb = open(&b, None);
+    settle(&la);
+    settle(&lb);
     let bs = la.block_size().unwrap_or(512) as usize;
     let key = |k: u64| {
         let mut p = [0u8; 24];
@@ -160,4 +179,168 @@ fn real_device_reservation_conflict_reaches_the_other_initiator() {
         .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
         .collect();
     assert!(keys.contains(&0xA1) && keys.contains(&0xB1), "{keys:x?}");
+}
+
+/// The lab host's init: LIO fileio LUN behind two tcm_loop targets (two
+/// initiator ports), scsi_debug, then this very test binary run against
+/// them with pr=passthrough and with pr=helper through qemu-pr-helper.
+const LAB_INIT: &str = r##"#!/bin/busybox sh
+/bin/busybox --install -s
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp; mkdir -p /run; mount -t tmpfs run /run
+while read -r m; do insmod /lib/modules/$m || echo "insmod $m failed"; done </lib/modules/load.order
+mount | grep -q configfs || mount -t configfs configfs /sys/kernel/config
+C=/sys/kernel/config/target
+# LIO writes (or clears) its APTPL file on every PR change.
+mkdir -p /var/target/pr /etc/target
+dd if=/dev/zero of=/tmp/shared0.img bs=1M count=64 2>/dev/null
+mkdir -p $C/core/fileio_0/shared0
+echo "fd_dev_name=/tmp/shared0.img,fd_dev_size=67108864" > $C/core/fileio_0/shared0/control
+echo 1 > $C/core/fileio_0/shared0/enable
+for p in a b; do
+  T=$C/loopback/naa.50014050000000${p}1/tpgt_1
+  mkdir -p $T
+  # The I_T nexus first: linking the LUN scans it on this SCSI host.
+  echo naa.50014050000000${p}f > $T/nexus
+  mkdir -p $T/lun/lun_0
+  ln -s $C/core/fileio_0/shared0 $T/lun/lun_0/shared0
+done
+sleep 2
+for h in /sys/class/scsi_generic/*; do echo "$h: $(cat $h/device/vendor)$(cat $h/device/model)"; done
+set -- $(for h in /sys/class/scsi_generic/*; do grep -q LIO-ORG $h/device/vendor && echo /dev/${h##*/}; done)
+export ARBITER_SGIO_IN_LAB=1 ARBITER_SG_DEVICE_A=$1 ARBITER_SG_DEVICE_B=$2
+echo "=== LIO pr=passthrough $*"
+/sgio_real_device --test-threads=1 --nocapture real_device_ 2>&1
+echo "=== LIO pr=helper"
+qemu-pr-helper -k /run/pr.sock >/tmp/prh.log 2>&1 &
+sleep 1
+ARBITER_PR_HELPER_SOCK=/run/pr.sock /sgio_real_device --test-threads=1 --nocapture real_device_ 2>&1
+SD=$(for h in /sys/class/scsi_generic/*; do grep -q scsi_debug $h/device/model && echo /dev/${h##*/}; done)
+echo "=== scsi_debug $SD"
+ARBITER_SG_DEVICE_A=$SD ARBITER_SG_DEVICE_B= /sgio_real_device --test-threads=1 --nocapture real_device_inquiry 2>&1
+echo "=== SGIOLAB DONE"
+poweroff -f
+"##;
+
+/// Builds the lab initramfs with tests/lab/lib.sh (Debian kernel from apt,
+/// its sg/scsi_debug/LIO modules, static busybox, qemu-pr-helper).
+const LAB_BUILD: &str = r##"set -euo pipefail
+TESTBIN=$1 OUT=$2 INIT=$3 LIB=$4
+. "$LIB"
+lab_kernel
+root="$OUT/root"
+lab_install_busybox "$root"
+lab_install_modules "$root" sg sd_mod scsi_debug target_core_mod target_core_file tcm_loop
+lab_install_binary "$root" "$TESTBIN" /sgio_real_device
+lab_install_binary "$root" /usr/bin/qemu-pr-helper /usr/bin/qemu-pr-helper
+cp "$INIT" "$root/init"; chmod 755 "$root/init"
+lab_cpio "$root" "$OUT/initrd.gz"
+cp "$KIMAGE" "$OUT/vmlinuz"
+"##;
+
+/// Boot a Debian-kernel VM (QEMU, TCG) with LIO tcm_loop and scsi_debug
+/// and run this file's real-device tests inside it. Opt-in
+/// (`ARBITER_SGIO_LAB=1`): it downloads the kernel package and takes about
+/// half a minute of CPU.
+#[test]
+fn lab_vm_lio_two_initiator_ports() {
+    const T: &str = "lab_vm_lio_two_initiator_ports";
+    if std::env::var_os("ARBITER_SGIO_IN_LAB").is_some() {
+        return;
+    }
+    if std::env::var_os("ARBITER_SGIO_LAB").is_none() {
+        println!("SKIPPED {T}: set ARBITER_SGIO_LAB=1 to boot the LIO/scsi_debug lab VM");
+        return;
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/lab/lib.sh");
+    for (what, ok) in [
+        ("tests/lab/lib.sh", lib.exists()),
+        (
+            "qemu-system-x86_64",
+            std::process::Command::new("qemu-system-x86_64")
+                .arg("--version")
+                .output()
+                .is_ok(),
+        ),
+        (
+            "/usr/bin/qemu-pr-helper",
+            Path::new("/usr/bin/qemu-pr-helper").exists(),
+        ),
+    ] {
+        if !ok {
+            println!("SKIPPED {T}: no {what}");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let init = dir.path().join("init");
+    std::fs::write(&init, LAB_INIT).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let build = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(LAB_BUILD)
+        .arg("lab-build")
+        .arg(&exe)
+        .arg(dir.path())
+        .arg(&init)
+        .arg(&lib)
+        .output()
+        .unwrap();
+    if !build.status.success() {
+        println!(
+            "SKIPPED {T}: building the lab image failed: {}",
+            String::from_utf8_lossy(&build.stderr).trim()
+        );
+        return;
+    }
+    let log_path = dir.path().join("serial.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut qemu = std::process::Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
+        .arg("-kernel")
+        .arg(dir.path().join("vmlinuz"))
+        .arg("-initrd")
+        .arg(dir.path().join("initrd.gz"))
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-serial", "stdio"])
+        .stdout(log)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while qemu.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = String::from_utf8_lossy(&std::fs::read(&log_path).unwrap()).into_owned();
+    println!("{out}");
+    assert!(
+        out.contains("=== SGIOLAB DONE"),
+        "the lab VM did not finish"
+    );
+    // LIO with pr=passthrough, LIO with pr=helper: both tests pass, and the
+    // reservation test ran (not skipped) and saw the conflict.
+    assert_eq!(
+        out.matches("test result: ok. 2 passed").count(),
+        2,
+        "LIO runs"
+    );
+    assert_eq!(out.matches("status ReservationConflict").count(), 2);
+    assert!(
+        !out.contains("SKIPPED real_device"),
+        "a real-device test skipped in the lab"
+    );
+    assert!(out.contains("test result: ok. 1 passed"), "scsi_debug run");
 }
