@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 
 use scsi::nexus::{ItNexus, PortName, TargetPort};
 use scsi::sense::Status;
-use scsi::sgio::{PassthroughConfig, PassthroughLu, PassthroughOutcome, PrRouting, VirtioResponse};
+use scsi::sgio::{
+    PassthroughConfig, PassthroughLu, PassthroughOutcome, PrRouting, SgData, SgDevice, SgRequest,
+    SgTransport, VirtioResponse,
+};
 use scsi::target::{DataIn, DataOut, Request, TaskAttr};
 
 fn device(var: &str) -> Option<PathBuf> {
@@ -128,6 +131,35 @@ fn real_device_inquiry_and_split_reads_match_unsplit() {
     let (o, many) = run(&split, &cdb, &[], blocks * bs as usize);
     assert_eq!(status(&o), Status::Good);
     assert_eq!(one, many);
+    // READ(10) at the first LBA past the end: the device's own CHECK
+    // CONDITION, ILLEGAL REQUEST, LBA OUT OF RANGE.
+    let (o, _) = run(
+        &whole,
+        &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[],
+        32,
+    );
+    assert_eq!(status(&o), Status::Good);
+    let (_, cap) = run(
+        &whole,
+        &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[],
+        32,
+    );
+    let end = u64::from_be_bytes(cap[0..8].try_into().unwrap()) + 1;
+    let end = u32::try_from(end).expect("a small scratch LUN");
+    let mut cdb = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    cdb[2..6].copy_from_slice(&end.to_be_bytes());
+    let (o, _) = run(&whole, &cdb, &[], bs as usize);
+    let PassthroughOutcome::Completed(r) = o else {
+        panic!("{o:?}")
+    };
+    println!("READ past the end: {:?} {:02x?}", r.status, r.sense);
+    assert_eq!(r.status, Status::CheckCondition);
+    assert_eq!(
+        (r.sense[2] & 0x0F, r.sense[12], r.sense[13]),
+        (0x05, 0x21, 0x00)
+    );
 }
 
 #[test]
@@ -166,12 +198,47 @@ fn real_device_reservation_conflict_reaches_the_other_initiator() {
     // B: READ KEYS sees both keys.
     let (o, d) = run(&lb, &[0x5E, 0x00, 0, 0, 0, 0, 0, 0x01, 0x00, 0], &[], 256);
     assert_eq!(status(&o), Status::Good);
+    // The raw completion of that conflict, straight from SG_IO (what the
+    // kernel puts in host_status next to status 0x18 varies by version).
+    let raw = SgDevice::open(&b).unwrap();
+    let mut sense = [0u8; 96];
+    let block = vec![0u8; bs];
+    let c = raw.submit(SgRequest {
+        cdb: &[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        data: SgData::ToDevice(&block),
+        sense: &mut sense,
+        timeout_ms: 30_000,
+    });
+    println!("raw SG_IO completion of the conflicting WRITE(10): {c:?}");
+    // A: PREEMPT B's registration (SA 04h, type 1, SA key 0xB1): LIO raises
+    // REGISTRATIONS PREEMPTED for B, which B's next command must report
+    // unchanged.
+    let mut pre = [0u8; 24];
+    pre[0..8].copy_from_slice(&0xA1u64.to_be_bytes());
+    pre[8..16].copy_from_slice(&0xB1u64.to_be_bytes());
+    let (o, _) = run(&la, &[0x5F, 0x04, 0x01, 0, 0, 0, 0, 0, 24, 0], &pre, 0);
+    let preempted = status(&o);
+    let (o, _) = run(&lb, &[0x00, 0, 0, 0, 0, 0], &[], 0);
+    let ua = match &o {
+        PassthroughOutcome::Completed(r) => (r.status, r.sense.clone()),
+        other => panic!("{other:?}"),
+    };
+    println!("B after PREEMPT: {:?} {:02x?}", ua.0, ua.1);
     // Clean up before asserting: A clears everything.
     let mut clr = [0u8; 24];
     clr[0..8].copy_from_slice(&0xA1u64.to_be_bytes());
     let (o, _) = run(&la, &[0x5F, 0x03, 0, 0, 0, 0, 0, 0, 24, 0], &clr, 0);
     assert_eq!(status(&o), Status::Good);
     assert_eq!(conflict, Status::ReservationConflict);
+    let c = c.unwrap();
+    assert_eq!(c.status, 0x18);
+    assert_eq!(preempted, Status::Good);
+    assert_eq!(ua.0, Status::CheckCondition);
+    assert_eq!(
+        (ua.1[0] & 0x7F, ua.1[2] & 0x0F, ua.1[12], ua.1[13]),
+        (0x70, 0x06, 0x2A, 0x05),
+        "UNIT ATTENTION, REGISTRATIONS PREEMPTED, as the device sent it"
+    );
     let n = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
     assert_eq!(n, 16, "two 8-byte keys");
     let keys: Vec<u64> = d[8..24]
