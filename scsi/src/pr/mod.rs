@@ -2,7 +2,8 @@
 //! one state per disk, shared by every I_T nexus of every process that opens
 //! the disk.
 //!
-//! The logical unit (in `crate::sbc`/`crate::spc`) calls [`Reservations`]:
+//! The logical units (`crate::disk`, `crate::sgio` with emulated PR) call
+//! [`Reservations`]:
 //! * before executing any command: [`Reservations::conflicts`] with the command's
 //!   [`PrAccess`] class (from the opcode table): RESERVATION CONFLICT if due;
 //! * for PERSISTENT RESERVE IN/OUT, RESERVE(6/10), RELEASE(6/10);
