@@ -22,6 +22,26 @@ pub use vmm::Vmm;
 use crate::config::{OnReset, SerialMode, VmConfig};
 use crate::stop::VmStop;
 
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Record the process start (called first thing in `main`).
+pub fn mark_start() {
+    let _ = STARTED.set(std::time::Instant::now());
+}
+
+/// With `ARBITER_TRACE_STARTUP` set, print how long after [`mark_start`]
+/// the boot vCPU first entered the guest (the startup benchmark reads it).
+pub(crate) fn trace_first_entry() {
+    if std::env::var_os("ARBITER_TRACE_STARTUP").is_some() {
+        if let Some(t) = STARTED.get() {
+            eprintln!(
+                "arbiter: first guest entry {} us after start",
+                t.elapsed().as_micros()
+            );
+        }
+    }
+}
+
 /// Errors that end `arbiter` before or while it runs a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -4,6 +4,7 @@ use clap::Parser;
 use vmm::cli::{Cli, Command};
 
 fn main() {
+    vmm::mark_start();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => match vmm::run(&args) {

@@ -169,6 +169,9 @@ pub fn spawn(
 }
 
 fn run_loop(id: u8, vcpu: &mut VcpuFd, pio: &Bus, mmio: &Bus, stop: &StopFlag) {
+    if id == 0 {
+        crate::trace_first_entry();
+    }
     while !stop.stopped() {
         match vcpu.run() {
             Ok(exit) => match exit {
