@@ -1,0 +1,146 @@
+//! The virtio_scsi test guest (a polling virtio-scsi driver in integer-only
+//! C) against `arbiter run --scsi/--scsi-disk` on /dev/kvm: PCI enumeration,
+//! VERSION_1 negotiation, control/event/request queues, INQUIRY, VPD, READ
+//! CAPACITY, READ/WRITE, REPORT LUNS, missing LUN/target, TMFs and an AN
+//! query, with the written blocks checked in the image afterwards.
+
+use std::path::Path;
+
+use arbiter_tests::guests;
+use arbiter_tests::kvm;
+use arbiter_tests::vm::VmRun;
+
+const ARBITER: &str = env!("CARGO_BIN_EXE_arbiter");
+
+/// Disk A: block n byte i = (n * 7 + i) & 0xff, 1 MiB.
+fn disk_a(path: &Path) {
+    let data: Vec<u8> = (0..2048usize)
+        .flat_map(|n| (0..512usize).map(move |i| u8::try_from((n * 7 + i) & 0xff).unwrap()))
+        .collect();
+    std::fs::write(path, data).unwrap();
+}
+
+fn scsi_args(a: &Path, b: &Path) -> Vec<String> {
+    vec![
+        "--scsi".into(),
+        "controller=0,queues=1".into(),
+        "--scsi-disk".into(),
+        format!(
+            "path={},controller=0,target=0,lun=0,serial=ARBSER01",
+            a.display()
+        ),
+        "--scsi-disk".into(),
+        format!("path={},controller=0,target=0,lun=3", b.display()),
+    ]
+}
+
+#[test]
+fn guest_driver_runs_scsi_commands_on_two_luns() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("guest_driver_runs_scsi_commands_on_two_luns", &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    disk_a(&a);
+    std::fs::write(&b, vec![0x5Bu8; 512 << 10]).unwrap();
+    let g = guests::path("virtio_scsi");
+    let mut args: Vec<String> = vec!["run".into(), "--memory".into(), "64M".into()];
+    args.extend(scsi_args(&a, &b));
+    args.extend(["--kernel".into(), g.to_str().unwrap().into()]);
+    let out = VmRun::new(ARBITER).args(&args).run().unwrap();
+    assert!(!out.timed_out, "{out:?}");
+    for line in [
+        "virtio-scsi at 00:02.0",
+        "device features 00000001 30000006",
+        "config: num_queues 1 seg_max 254 max_sectors 65535 cmd_per_lun 128 sense 96 cdb 32 \
+         max_target 255 max_lun 16383",
+        "queues ready, DRIVER_OK",
+        "tur: unit attention 6/29/00, then GOOD",
+        "inquiry: ARBITER ",
+        "vpd: serial ARBSER01, naa 6",
+        "capacity: lun 0 2048 x 512, lun 3 1024 x 512",
+        "read: lun 0 lba 9-10 and lun 3 match the host's data",
+        "write: lba 5-6 written and read back",
+        "report luns: 0 and 3",
+        "missing lun: pq 3 and 5/25/00; missing target: BAD_TARGET",
+        "tmf: lu reset complete, query task complete, bad target, incorrect lun",
+        "an query: event_actual 0, OK",
+        "reset done",
+        "GUEST PASS",
+    ] {
+        assert!(out.stdout.contains(line), "missing {line:?}: {out:?}");
+    }
+    assert_eq!(out.status, Some(33), "{out:?}");
+
+    // The guest's WRITE reached the image, and nothing else changed.
+    let img = std::fs::read(&a).unwrap();
+    for i in 0..1024usize {
+        let want = 0xA5u8 ^ u8::try_from((i * 13) & 0xff).unwrap();
+        assert_eq!(img[5 * 512 + i], want, "image byte {} of LBA 5-6", i);
+    }
+    for n in [0usize, 4, 7, 9, 2047] {
+        for i in [0usize, 1, 511] {
+            assert_eq!(
+                img[n * 512 + i],
+                u8::try_from((n * 7 + i) & 0xff).unwrap(),
+                "LBA {n} byte {i}"
+            );
+        }
+    }
+    assert!(std::fs::read(&b).unwrap().iter().all(|&x| x == 0x5B));
+}
+
+#[test]
+fn without_a_controller_the_guest_fails_cleanly() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("without_a_controller_the_guest_fails_cleanly", &why);
+    }
+    let g = guests::path("virtio_scsi");
+    let out = VmRun::new(ARBITER)
+        .args(["run", "--memory", "64M", "--kernel", g.to_str().unwrap()])
+        .run()
+        .unwrap();
+    assert!(out.stdout.contains("CHECK FAILED"), "{out:?}");
+    assert_eq!(out.status, Some(0x23), "GUEST_EXIT_FAIL: {out:?}");
+}
+
+#[test]
+fn bad_scsi_specs_are_refused_before_boot() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("bad_scsi_specs_are_refused_before_boot", &why);
+    }
+    let g = guests::path("virtio_scsi");
+    for (spec, why) in [
+        (
+            "path=/nonexistent/x.img,controller=0,target=0,lun=0",
+            "/nonexistent/x.img: No such file or directory",
+        ),
+        (
+            "path=/dev/null,controller=0,target=0,lun=0,colour=red",
+            "unknown key \"colour\"",
+        ),
+        (
+            "path=/dev/null,controller=0,target=0,lun=16384",
+            "lun=\"16384\": must be 0..=16383",
+        ),
+    ] {
+        let out = VmRun::new(ARBITER)
+            .args([
+                "run",
+                "--memory",
+                "64M",
+                "--scsi-disk",
+                spec,
+                "--kernel",
+                g.to_str().unwrap(),
+            ])
+            .run()
+            .unwrap();
+        assert_eq!(out.status, Some(1), "{out:?}");
+        assert!(out.stderr.contains(why), "{spec}: {out:?}");
+        assert!(
+            !out.stdout.contains("virtio-scsi at"),
+            "never booted: {out:?}"
+        );
+    }
+}
