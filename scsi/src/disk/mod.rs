@@ -1,13 +1,15 @@
 //! The emulated disk logical unit (SPC-4 + SBC-4 over a [`BlockBackend`]).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::backend::BlockBackend;
 use crate::cdb::{self, Cdb, Cmd, Needs, ParseError, UaRule};
-use crate::datain::{complete_data_in, read_data_out};
+use crate::datain::{complete_data_in, read_data_out_into};
 use crate::emulated::LogicalUnit;
 use crate::nexus::ItNexus;
 use crate::pr::{PrOutcome, Reservations};
@@ -147,12 +149,83 @@ struct ModeState {
     d_sense: AtomicBool,
 }
 
+/// A fast non-cryptographic hasher (the Fx rotate-multiply scheme) for the
+/// task and nexus maps looked up twice per command. Keys are tags and port
+/// names chosen by the transport; a guest crafting colliding tags could
+/// only slow down its own commands.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+const FX_K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(FX_K);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(u64::try_from(i).unwrap_or(u64::MAX));
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Largest buffer kept for reuse per thread.
+const SCRATCH_MAX: usize = 1 << 20;
+
+thread_local! {
+    /// A data buffer reused by the commands a queue thread executes, so the
+    /// I/O path neither allocates nor zeroes per command.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `len` bytes (contents unspecified), from the thread's scratch
+/// buffer when it is free.
+pub(crate) fn take_buffer(len: usize) -> Vec<u8> {
+    if len > SCRATCH_MAX {
+        return vec![0; len];
+    }
+    let mut v = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    v.resize(len, 0);
+    v
+}
+
+/// Return a buffer for reuse by the next command on this thread.
+pub(crate) fn recycle_buffer(v: Vec<u8>) {
+    if v.capacity() <= SCRATCH_MAX {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if v.capacity() > s.capacity() {
+                *s = v;
+            }
+        });
+    }
+}
+
 /// Per-I_T-nexus state of the logical unit.
 #[derive(Debug)]
 struct NexusState {
     ua: UaQueue,
     /// Outstanding commands by tag; `true` once aborted.
-    tasks: HashMap<u64, bool>,
+    tasks: FastMap<u64, bool>,
     /// Echo buffer (WRITE/READ BUFFER mode 0x0A).
     echo: Option<Vec<u8>>,
 }
@@ -161,7 +234,7 @@ impl NexusState {
     fn new() -> Self {
         NexusState {
             ua: UaQueue::new_nexus(),
-            tasks: HashMap::new(),
+            tasks: FastMap::default(),
             echo: None,
         }
     }
@@ -169,7 +242,7 @@ impl NexusState {
 
 #[derive(Debug, Default)]
 struct LuState {
-    nexuses: HashMap<ItNexus, NexusState>,
+    nexuses: FastMap<ItNexus, NexusState>,
 }
 
 /// A command failed: CHECK CONDITION, another status, or a transport error.
@@ -205,7 +278,19 @@ pub(crate) struct Ctx<'a, 'b, 'c> {
 impl Ctx<'_, '_, '_> {
     /// Read `n` bytes of data-out.
     pub fn read_out(&mut self, n: usize) -> Result<Vec<u8>, Fail> {
-        let v = read_data_out(self.data_out, n)?;
+        if n > self.data_out.len {
+            // Refused before allocating `n` bytes.
+            return Err(TransportError::DataOut(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "command needs {n} bytes of data-out, buffer has {}",
+                    self.data_out.len
+                ),
+            ))
+            .into());
+        }
+        let mut v = take_buffer(n);
+        read_data_out_into(self.data_out, &mut v)?;
         self.data_out.len -= n;
         self.out_used += n;
         Ok(v)
@@ -529,6 +614,7 @@ impl LogicalUnit for Disk {
         match result {
             Ok(data) => {
                 let n = complete_data_in(&data, cdb.alloc_len(), &mut data_in)?;
+                recycle_buffer(data);
                 Ok(self.response(Status::Good, None, n, used))
             }
             Err(Fail::Check(s)) => Ok(self.response(Status::CheckCondition, Some(s), 0, used)),

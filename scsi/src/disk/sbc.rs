@@ -8,8 +8,8 @@ use crate::cdb::{Cdb, Cmd};
 use crate::sense::codes;
 
 use super::{
-    Ctx, Disk, Fail, Res, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
-    MAX_UNMAP_DESCRIPTORS,
+    recycle_buffer, take_buffer, Ctx, Disk, Fail, Res, MAX_COMPARE_AND_WRITE_BLOCKS,
+    MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
 };
 
 /// LBA and block count of a block command, and where its count field is.
@@ -85,7 +85,7 @@ impl Disk {
     }
 
     fn read_blocks(&self, lba: u64, len: usize) -> Res {
-        let mut buf = vec![0u8; len];
+        let mut buf = take_buffer(len);
         self.backend
             .read_at(&mut buf, lba * self.bs())
             .map_err(|e| {
@@ -139,6 +139,7 @@ impl Disk {
                 return Err(codes::MISCOMPARE_DURING_VERIFY.with_info(info).into());
             }
         }
+        recycle_buffer(data);
         Ok(Vec::new())
     }
 

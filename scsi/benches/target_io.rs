@@ -1,0 +1,256 @@
+//! 4 KiB random reads and writes through the SCSI target (READ(10)/WRITE(10)
+//! on an `EmulatedTarget` over a `FileBackend`) against plain `pread`/`pwrite`
+//! on the same page-cached file, at queue depth 1 and 32 (32 threads issuing
+//! concurrently). After the criterion groups, `cargo bench` prints the
+//! throughput ratio target / plain for each case (goal: ≥ 0.9).
+
+use std::fs::File;
+use std::hint::black_box;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use scsi::target::TaskAttr;
+use scsi::{
+    DataIn, DataOut, Disk, DiskConfig, DiskIdentity, EmulatedTarget, FileBackend, FileOptions,
+    ItNexus, PortName, Request, ScsiTarget, Status, TargetPort,
+};
+
+const FILE_SIZE: u64 = 64 << 20;
+const IO: usize = 4096;
+const BLOCKS_PER_IO: u64 = (IO / 512) as u64;
+const SLOTS: u64 = FILE_SIZE / IO as u64;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    file: File,
+    target: EmulatedTarget,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("disk.img");
+    // Fill the file so every block is allocated and in the page cache.
+    let chunk = vec![0x5Au8; 1 << 20];
+    let f = File::create(&path).expect("create");
+    for i in 0..(FILE_SIZE >> 20) {
+        f.write_all_at(&chunk, i << 20).expect("fill");
+    }
+    let backend = Arc::new(FileBackend::open(&path, FileOptions::default()).expect("open"));
+    let disk = Disk::new(
+        DiskConfig::new(DiskIdentity::from_text("bench")),
+        backend,
+        None,
+    )
+    .expect("disk");
+    let target = EmulatedTarget::new()
+        .with_lun(0, Arc::new(disk))
+        .expect("lun");
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("reopen");
+    Fixture {
+        _dir: dir,
+        file,
+        target,
+    }
+}
+
+fn nexus(i: u64) -> ItNexus {
+    ItNexus {
+        initiator: PortName::Naa((0x5000_0000_0000_0000u64 | i).to_be_bytes()),
+        target: TargetPort {
+            relative_id: 1,
+            name: PortName::Naa(0x5001_4050_0000_0001u64.to_be_bytes()),
+        },
+    }
+}
+
+/// xorshift64: a cheap random slot per I/O.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state % SLOTS
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Target,
+    Plain,
+}
+
+static TAGS: AtomicU64 = AtomicU64::new(1);
+
+/// One worker doing `n` I/Os; returns when done.
+fn worker(fx: &Fixture, op: Op, path: Path, n: u64, seed: u64) {
+    let mut rng = seed | 1;
+    let nx = nexus(seed);
+    let wbuf = vec![0xA5u8; IO];
+    let mut rbuf = vec![0u8; IO];
+    let mut sink: Vec<u8> = Vec::with_capacity(IO);
+    for _ in 0..n {
+        let slot = next(&mut rng);
+        match path {
+            Path::Plain => match op {
+                Op::Read => fx
+                    .file
+                    .read_exact_at(&mut rbuf, slot * IO as u64)
+                    .expect("pread"),
+                Op::Write => fx
+                    .file
+                    .write_all_at(&wbuf, slot * IO as u64)
+                    .expect("pwrite"),
+            },
+            Path::Target => {
+                let lba = u32::try_from(slot * BLOCKS_PER_IO)
+                    .expect("lba")
+                    .to_be_bytes();
+                let opcode = if op == Op::Read { 0x28 } else { 0x2A };
+                let cdb = [opcode, 0, lba[0], lba[1], lba[2], lba[3], 0, 0, 8, 0];
+                let req = Request {
+                    nexus: &nx,
+                    lun: 0,
+                    tag: TAGS.fetch_add(1, Ordering::Relaxed),
+                    attr: TaskAttr::Simple,
+                    cdb: &cdb,
+                };
+                sink.clear();
+                let mut src: &[u8] = if op == Op::Write { &wbuf } else { &[] };
+                let dout_len = src.len();
+                let r = fx
+                    .target
+                    .execute(
+                        &req,
+                        DataOut {
+                            reader: &mut src,
+                            len: dout_len,
+                        },
+                        DataIn {
+                            writer: &mut sink,
+                            len: IO,
+                        },
+                    )
+                    .expect("transport");
+                debug_assert_eq!(r.status, Status::Good);
+                black_box(&sink);
+            }
+        }
+    }
+    black_box(&rbuf);
+}
+
+/// `total` I/Os split over `qd` threads; wall time.
+fn run(fx: &Fixture, op: Op, path: Path, qd: u64, total: u64) -> Duration {
+    let start = Instant::now();
+    if qd == 1 {
+        worker(fx, op, path, total, 0x9E37_79B9);
+    } else {
+        std::thread::scope(|s| {
+            for t in 0..qd {
+                let n = total / qd + u64::from(t < total % qd);
+                s.spawn(move || worker(fx, op, path, n, 0x9E37_79B9 + t * 7919));
+            }
+        });
+    }
+    start.elapsed()
+}
+
+fn prime(fx: &Fixture) {
+    // Consume each worker nexus' POWER ON unit attention.
+    for t in 0..32u64 {
+        let nx = nexus(0x9E37_79B9 + t * 7919);
+        let nx1 = nexus(0x9E37_79B9);
+        for n in [&nx, &nx1] {
+            let mut sink = Vec::new();
+            let mut src: &[u8] = &[];
+            let _ = fx.target.execute(
+                &Request {
+                    nexus: n,
+                    lun: 0,
+                    tag: TAGS.fetch_add(1, Ordering::Relaxed),
+                    attr: TaskAttr::Simple,
+                    cdb: &[0, 0, 0, 0, 0, 0],
+                },
+                DataOut {
+                    reader: &mut src,
+                    len: 0,
+                },
+                DataIn {
+                    writer: &mut sink,
+                    len: 0,
+                },
+            );
+        }
+    }
+}
+
+fn bench(c: &mut Criterion, fx: &Fixture) {
+    for (op, name) in [(Op::Read, "read_4k"), (Op::Write, "write_4k")] {
+        for qd in [1u64, 32] {
+            let mut g = c.benchmark_group(format!("{name}_qd{qd}"));
+            g.throughput(Throughput::Elements(1));
+            for (path, pname) in [(Path::Target, "target"), (Path::Plain, "pread_pwrite")] {
+                g.bench_function(pname, |b| {
+                    b.iter_custom(|iters| run(fx, op, path, qd, iters))
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+/// Throughput of both paths measured in alternating short rounds (so load
+/// from other processes hits both alike); prints the median per-round ratio.
+fn ratios(fx: &Fixture) {
+    println!("\ntarget_io: throughput ratio target / plain pread-pwrite (goal >= 0.9)");
+    for (op, name) in [(Op::Read, "read"), (Op::Write, "write")] {
+        for qd in [1u64, 32] {
+            let ops = if op == Op::Read { 40_000u64 } else { 10_000 };
+            let iops = |d: Duration| ops as f64 / d.as_secs_f64();
+            let mut rounds: Vec<(f64, f64)> = (0..15)
+                .map(|i| {
+                    // Alternate which path goes first.
+                    if i % 2 == 0 {
+                        let t = iops(run(fx, op, Path::Target, qd, ops));
+                        (t, iops(run(fx, op, Path::Plain, qd, ops)))
+                    } else {
+                        let p = iops(run(fx, op, Path::Plain, qd, ops));
+                        (iops(run(fx, op, Path::Target, qd, ops)), p)
+                    }
+                })
+                .collect();
+            rounds.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
+            let (t, p) = rounds[rounds.len() / 2];
+            println!(
+                "  4k random {name:5} QD{qd:<2}: target {t:>10.0} IOPS, plain {p:>10.0} IOPS, median ratio {:.3}",
+                t / p
+            );
+        }
+    }
+}
+
+fn main() {
+    let fx = fixture();
+    prime(&fx);
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    bench(&mut c, &fx);
+    c.final_summary();
+    // Only under `cargo bench` (not `cargo test --benches`).
+    if std::env::args().any(|a| a == "--bench") {
+        ratios(&fx);
+    }
+}
