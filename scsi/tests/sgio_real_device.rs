@@ -1,8 +1,9 @@
 //! The passthrough unit on real SCSI devices. Needs a host with SCSI:
 //!
-//! * `ARBITER_SG_DEVICE_A=/dev/sgN` (or `/dev/sdX`): a scratch LUN — its
-//!   block 0..64 are read, and written only when the reservation test
-//!   expects RESERVATION CONFLICT (so nothing is written on success);
+//! * `ARBITER_SG_DEVICE_A=/dev/sgN` (or `/dev/sdX`): a LUN whose blocks 0..64
+//!   are read; block 0 is written only where RESERVATION CONFLICT is
+//!   expected (nothing is written on success), and blocks 16..80 only with
+//!   `ARBITER_SG_DEVICE_SCRATCH=1`;
 //! * `ARBITER_SG_DEVICE_B=/dev/sgM`: the same LUN reached through a second
 //!   initiator port (LIO tcm_loop with two WWPNs, two iSCSI sessions, NPIV),
 //!   for the reservation test;
@@ -24,7 +25,9 @@ use scsi::sgio::{
 use scsi::target::{DataIn, DataOut, Request, TaskAttr};
 
 fn device(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var).map(PathBuf::from)
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn routing() -> PrRouting {
@@ -163,6 +166,46 @@ fn real_device_inquiry_and_split_reads_match_unsplit() {
 }
 
 #[test]
+fn real_device_split_writes_read_back() {
+    let Some(a) = device("ARBITER_SG_DEVICE_A") else {
+        println!("SKIPPED real_device_split_writes_read_back: ARBITER_SG_DEVICE_A not set");
+        return;
+    };
+    if std::env::var_os("ARBITER_SG_DEVICE_SCRATCH").is_none() {
+        println!(
+            "SKIPPED real_device_split_writes_read_back: set ARBITER_SG_DEVICE_SCRATCH=1 to allow \
+             writing blocks 16..80 of {}",
+            a.display()
+        );
+        return;
+    }
+    let split = open(&a, Some(4096));
+    let whole = open(&a, None);
+    let bs = split.block_size().expect("block size") as usize;
+    let data: Vec<u8> = (0..64 * bs)
+        .map(|i| u8::try_from((i / bs + i) % 256).unwrap())
+        .collect();
+    // WRITE(16) LBA 16, 64 blocks through the 4 KiB-limited unit (no FUA:
+    // LIO fileio refuses it unless it advertises a write cache).
+    let cdb = [0x8A, 0x00, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 64, 0, 0];
+    let (o, _) = run(&split, &cdb, &data, 0);
+    assert_eq!(status(&o), Status::Good);
+    let PassthroughOutcome::Completed(r) = o else {
+        unreachable!()
+    };
+    assert_eq!(r.data_out_len, 64 * bs);
+    // READ(16) LBA 16, 64 blocks in one piece.
+    let (o, back) = run(
+        &whole,
+        &[0x88, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 64, 0, 0],
+        &[],
+        64 * bs,
+    );
+    assert_eq!(status(&o), Status::Good);
+    assert_eq!(back, data);
+}
+
+#[test]
 fn real_device_reservation_conflict_reaches_the_other_initiator() {
     let (Some(a), Some(b)) = (device("ARBITER_SG_DEVICE_A"), device("ARBITER_SG_DEVICE_B")) else {
         println!(
@@ -275,7 +318,7 @@ done
 sleep 2
 for h in /sys/class/scsi_generic/*; do echo "$h: $(cat $h/device/vendor)$(cat $h/device/model)"; done
 set -- $(for h in /sys/class/scsi_generic/*; do grep -q LIO-ORG $h/device/vendor && echo /dev/${h##*/}; done)
-export ARBITER_SGIO_IN_LAB=1 ARBITER_SG_DEVICE_A=$1 ARBITER_SG_DEVICE_B=$2
+export ARBITER_SGIO_IN_LAB=1 ARBITER_SG_DEVICE_SCRATCH=1 ARBITER_SG_DEVICE_A=$1 ARBITER_SG_DEVICE_B=$2
 echo "=== LIO pr=passthrough $*"
 /sgio_real_device --test-threads=1 --nocapture real_device_ 2>&1
 echo "=== LIO pr=helper"
@@ -284,7 +327,7 @@ sleep 1
 ARBITER_PR_HELPER_SOCK=/run/pr.sock /sgio_real_device --test-threads=1 --nocapture real_device_ 2>&1
 SD=$(for h in /sys/class/scsi_generic/*; do grep -q scsi_debug $h/device/model && echo /dev/${h##*/}; done)
 echo "=== scsi_debug $SD"
-ARBITER_SG_DEVICE_A=$SD ARBITER_SG_DEVICE_B= /sgio_real_device --test-threads=1 --nocapture real_device_inquiry 2>&1
+ARBITER_SG_DEVICE_A=$SD ARBITER_SG_DEVICE_B= /sgio_real_device --test-threads=1 --nocapture real_device_ 2>&1
 echo "=== SGIOLAB DONE"
 poweroff -f
 "##;
@@ -397,17 +440,19 @@ fn lab_vm_lio_two_initiator_ports() {
         out.contains("=== SGIOLAB DONE"),
         "the lab VM did not finish"
     );
-    // LIO with pr=passthrough, LIO with pr=helper: both tests pass, and the
-    // reservation test ran (not skipped) and saw the conflict.
+    // Three runs (LIO pr=passthrough, LIO pr=helper, scsi_debug), three
+    // tests each, all passing; the reservation test ran on LIO twice and saw
+    // the conflict, and skipped only on scsi_debug (a single port).
     assert_eq!(
-        out.matches("test result: ok. 2 passed").count(),
-        2,
-        "LIO runs"
+        out.matches("test result: ok. 3 passed; 0 failed").count(),
+        3,
+        "three runs"
     );
     assert_eq!(out.matches("status ReservationConflict").count(), 2);
-    assert!(
-        !out.contains("SKIPPED real_device"),
-        "a real-device test skipped in the lab"
+    assert_eq!(
+        out.matches("SKIPPED real_device").count(),
+        1,
+        "only the two-port test on scsi_debug skips"
     );
-    assert!(out.contains("test result: ok. 1 passed"), "scsi_debug run");
+    assert!(out.contains("SKIPPED real_device_reservation_conflict_reaches_the_other_initiator"));
 }
