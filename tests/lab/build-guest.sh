@@ -18,6 +18,9 @@ set -euo pipefail
 lab_need apt-get dpkg-deb modinfo cpio gzip ldd
 EFI_CMDLINE="console=ttyS0 panic=-1 lab.script=probe"
 MODULES=(virtio_pci virtio_scsi sd_mod sg virtio_net crct10dif_generic crc64_rocksoft_generic)
+# Linux's own SCSI target (LIO) with loopback initiator ports, loaded by scripts/pr-lio.sh:
+# the reference the persistent-reservation sequence (scripts/pr.sh) is checked against.
+LIO_MODULES=(target_core_mod target_core_file tcm_loop)
 SG_TOOLS=(sg_inq sg_vpd sg_readcap sg_turs sg_persist sg_raw sg_luns sg_requests sg_modes sg_rtpg
 	sg_reset sg_sync sg_map sg_dd)
 
@@ -33,6 +36,7 @@ if [ ! -f "$out/.done" ]; then
 	root="$out/root"
 	lab_install_busybox "$root"
 	lab_install_modules "$root" "${MODULES[@]}"
+	lab_install_module_set "$root" lio.order "${LIO_MODULES[@]}"
 	for t in "${SG_TOOLS[@]}"; do
 		lab_install_binary "$root" "$(command -v "$t")" "/usr/bin/$t"
 	done

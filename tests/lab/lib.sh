@@ -105,13 +105,21 @@ lab_module_closure() {
 	printf '%s\n' "${out[@]}"
 }
 
-# Copy the modules NAMES (+ deps) into ROOT/lib/modules/ and write the load
-# order to ROOT/lib/modules/load.order (file names, one per line).
+# lab_install_modules ROOT NAMES...: copy the modules NAMES (+ deps) into ROOT/lib/modules/
+# and write their load order to ROOT/lib/modules/load.order (file names, one per line).
 lab_install_modules() {
-	local root=$1 f base
+	local root=$1
 	shift
+	lab_install_module_set "$root" load.order "$@"
+}
+
+# lab_install_module_set ROOT LIST NAMES...: the same with the order in ROOT/lib/modules/LIST
+# (for modules a script loads on demand; insmod skips those already loaded).
+lab_install_module_set() {
+	local root=$1 list=$2 f base
+	shift 2
 	mkdir -p "$root/lib/modules"
-	: >"$root/lib/modules/load.order"
+	: >"$root/lib/modules/$list"
 	while read -r f; do
 		base=$(basename "$f")
 		case $base in
@@ -119,7 +127,7 @@ lab_install_modules() {
 		*.zst) zstd -qdc "$f" >"$root/lib/modules/${base%.zst}"; base=${base%.zst} ;;
 		*) cp "$f" "$root/lib/modules/$base" ;;
 		esac
-		echo "$base" >>"$root/lib/modules/load.order"
+		echo "$base" >>"$root/lib/modules/$list"
 	done < <(lab_module_closure "$@")
 }
 
