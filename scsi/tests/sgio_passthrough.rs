@@ -1591,3 +1591,94 @@ fn config_options() {
         assert!(c.set(k, v).is_err(), "{k}={v}");
     }
 }
+
+#[test]
+fn pr_emulated_with_the_shared_pr_state_of_two_processes() {
+    use scsi::pr::shared::SharedPr;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("shared0.pr");
+    // Two Arbiter processes on one host share a raw device: two units, two
+    // transports, one PR state file opened separately by each.
+    let mk = || {
+        let state: Arc<dyn Reservations> = Arc::new(SharedPr::open_unshared(&base).unwrap());
+        open(
+            FakeSg::new(model(512, 0, pattern_reply)),
+            PassthroughConfig {
+                pr: PrRouting::Emulated,
+                reservations: Some(state),
+                has_rawio: Some(false),
+                ..Default::default()
+            },
+        )
+    };
+    let (fa, la) = mk();
+    let (fb, lb) = mk();
+    let (a, b) = (node_a(), node_b());
+    // Clear the power-on unit attentions a new nexus may report.
+    for (lu, n) in [(&la, &a), (&lb, &b)] {
+        for _ in 0..3 {
+            run(lu, n, &[0x00, 0, 0, 0, 0, 0], &[], 0);
+        }
+    }
+    let key_params = |key: u64, sa_key: u64| {
+        let mut p = [0u8; 24];
+        p[0..8].copy_from_slice(&key.to_be_bytes()); // RESERVATION KEY
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes()); // SERVICE ACTION RESERVATION KEY
+        p
+    };
+    let good = |o: PassthroughOutcome| assert_eq!(completed(&o).status, Status::Good, "{o:?}");
+    // REGISTER AND IGNORE EXISTING KEY: A 0xA1, B 0xB1.
+    let reg = [0x5F, 0x06, 0x00, 0, 0, 0, 0, 0, 24, 0];
+    good(run(&la, &a, &reg, &key_params(0, 0xA1), 0).0);
+    good(run(&lb, &b, &reg, &key_params(0, 0xB1), 0).0);
+    // A: RESERVE, WRITE EXCLUSIVE (type 1).
+    good(
+        run(
+            &la,
+            &a,
+            &[0x5F, 0x01, 0x01, 0, 0, 0, 0, 0, 24, 0],
+            &key_params(0xA1, 0),
+            0,
+        )
+        .0,
+    );
+    fa.clear_calls();
+    fb.clear_calls();
+    // B: WRITE(10) conflicts without reaching the device; READ(10) passes.
+    let (o, _) = run(&lb, &b, &[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0u8; 512], 0);
+    assert_eq!(completed(&o).status, Status::ReservationConflict);
+    assert!(fb.calls().is_empty());
+    let (o, _) = run(&lb, &b, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512);
+    assert_eq!(completed(&o).data_in_len, 512);
+    assert_eq!(fb.calls().len(), 1);
+    // A writes.
+    let (o, _) = run(&la, &a, &[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0u8; 512], 0);
+    assert_eq!(completed(&o).data_out_len, 512);
+    // A: PREEMPT B (SA 04h, type 1, SA key 0xB1): B's next command reports
+    // REGISTRATIONS PREEMPTED, then B is no longer a registrant.
+    good(
+        run(
+            &la,
+            &a,
+            &[0x5F, 0x04, 0x01, 0, 0, 0, 0, 0, 24, 0],
+            &key_params(0xA1, 0xB1),
+            0,
+        )
+        .0,
+    );
+    let (o, _) = run(&lb, &b, &[0x00, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(
+        completed(&o).sense,
+        vec![0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x2A, 0x05, 0, 0, 0, 0]
+    );
+    // READ KEYS from B (allocation length 32): one key left, 0xA1.
+    let (o, d) = run(&lb, &b, &[0x5E, 0x00, 0, 0, 0, 0, 0, 0, 32, 0], &[], 32);
+    assert_eq!(completed(&o).status, Status::Good);
+    assert_eq!(&d[4..], &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0xA1]);
+    // PR commands never reached either device.
+    assert!(fa
+        .calls()
+        .iter()
+        .chain(fb.calls().iter())
+        .all(|c| c.cdb[0] != 0x5E && c.cdb[0] != 0x5F));
+}
