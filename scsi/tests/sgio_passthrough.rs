@@ -1682,3 +1682,32 @@ fn pr_emulated_with_the_shared_pr_state_of_two_processes() {
         .chain(fb.calls().iter())
         .all(|c| c.cdb[0] != 0x5E && c.cdb[0] != 0x5F));
 }
+
+#[test]
+fn request_sense_reports_and_clears_our_unit_attention() {
+    let (fake, lu) = open(
+        FakeSg::new(model(512, 0, |_| {
+            Ok(FakeReply::good(vec![0x70, 0, 0, 0, 0, 0, 0, 10]))
+        })),
+        cfg(),
+    );
+    let a = node_a();
+    run(&lu, &a, &[0x00, 0, 0, 0, 0, 0], &[], 0); // the nexus is now known
+    lu.raise_unit_attention(codes::MODE_PARAMETERS_CHANGED);
+    fake.clear_calls();
+    // REQUEST SENSE, allocation length 252: the unit attention as data.
+    let (o, d) = run(&lu, &a, &[0x03, 0, 0, 0, 252, 0], &[], 252);
+    assert_eq!(completed(&o).status, Status::Good);
+    assert_eq!(
+        d,
+        vec![0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x2A, 0x01, 0, 0, 0, 0]
+    );
+    assert!(fake.calls().is_empty());
+    // Cleared: the next REQUEST SENSE goes to the device.
+    let (_, d) = run(&lu, &a, &[0x03, 0, 0, 0, 252, 0], &[], 252);
+    assert_eq!(d, vec![0x70, 0, 0, 0, 0, 0, 0, 10]);
+    assert_eq!(fake.calls().len(), 1);
+    // And TEST UNIT READY is GOOD.
+    let (o, _) = run(&lu, &a, &[0x00, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(completed(&o).status, Status::Good);
+}

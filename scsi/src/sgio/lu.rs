@@ -545,6 +545,17 @@ impl PassthroughLu {
             if let Some(ua) = self.next_ua(req.nexus) {
                 return Ok(PassthroughOutcome::check(ua));
             }
+        } else if op == REQUEST_SENSE {
+            // SPC-4 5.14: REQUEST SENSE reports (and clears) a pending unit
+            // attention as its parameter data, fixed format, status GOOD.
+            if let Some(ua) = self.next_ua(req.nexus) {
+                let n = Self::deliver(&ua.to_fixed(), usize::from(cdb[4]), data_in)?;
+                return Ok(Self::finish(
+                    Classified::Scsi(Status::Good, Vec::new()),
+                    n,
+                    0,
+                ));
+            }
         }
         if let PrBackend::Emulated(r) = &self.pr {
             match op {
