@@ -24,6 +24,7 @@ use devices::legacy::{
     cmos, debug_exit, i8042, port92, serial, Cmos, DebugExit, DebugPort, Port92, Serial, I8042,
 };
 use devices::lifecycle::ExitHandler;
+use devices::pci::intx::{IntxRouter, Piix3IsaBridge};
 use devices::pci::root::{ConfigOnlyFunction, PciRootError, CONFIG_ADDRESS_PORT, CONFIG_IO_LEN};
 use devices::pci::{PciAddress, PciDevice, PciRoot};
 use event_manager::MutEventSubscriber;
@@ -66,6 +67,7 @@ pub struct DeviceManager {
     interrupts: Arc<KvmInterrupts>,
     pci: Arc<Mutex<PciRoot>>,
     serial: Arc<Mutex<Serial>>,
+    intx: IntxRouter,
     io_alloc: Mutex<AddressAllocator>,
     mmio32_alloc: Mutex<AddressAllocator>,
     mmio64_alloc: Mutex<AddressAllocator>,
@@ -122,12 +124,14 @@ impl DeviceManager {
             }),
             Arc::new(Mutex::new(ConfigOnlyFunction::i440fx_host_bridge())),
         )?;
+        let isa = Piix3IsaBridge::new();
+        let intx = IntxRouter::new(isa.routes(), interrupts.clone());
         root.add_device(
             Some(PciAddress {
                 device: 1,
                 function: 0,
             }),
-            Arc::new(Mutex::new(ConfigOnlyFunction::piix3_isa_bridge())),
+            Arc::new(Mutex::new(isa)),
         )?;
         let pm = Piix4Pm::new(
             pio.clone(),
@@ -152,6 +156,7 @@ impl DeviceManager {
             interrupts,
             pci,
             serial,
+            intx,
             io_alloc: Mutex::new(AddressAllocator::new(
                 layout::PCI_IO_START,
                 layout::PCI_IO_END,
@@ -247,12 +252,36 @@ impl DeviceManager {
             io: self.allocate_io(testdev::IO_BAR_SIZE)?,
         };
         let group = self.interrupts.create_msi_group(testdev::VECTORS)?;
-        let dev = PciTestDev::new(bars, group, self.ioevents())
+        let mut dev = PciTestDev::new(bars, group, self.ioevents())
             .map_err(|e| DeviceError::Device(e.to_string()))?;
         if let Some(h) = dev.doorbell_handler() {
             self.add_subscriber(Arc::new(Mutex::new(DoorbellSubscriber(h))));
         }
-        self.add_pci_device(Arc::new(Mutex::new(dev)))
+        let slot = self
+            .pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free_slot()
+            .ok_or(PciRootError::NoSlot)?;
+        let (line, irq) = self.intx_line(slot, 1);
+        dev.set_intx(line, irq);
+        self.add_pci_device_at(
+            PciAddress {
+                device: slot,
+                function: 0,
+            },
+            Arc::new(Mutex::new(dev)),
+        )
+    }
+
+    /// The INTx line of `slot`/`pin` (1 = INTA#) through the PIIX3 PIRQ
+    /// routes, and the IRQ it routes to now (for the interrupt line register).
+    pub fn intx_line(&self, slot: u8, pin: u8) -> (Arc<dyn devices::interrupt::InterruptLine>, u8) {
+        let irq = self
+            .intx
+            .routed_irq(IntxRouter::pirq_index(slot, pin))
+            .unwrap_or(0xFF);
+        (self.intx.line(slot, pin), irq)
     }
 
     /// Run `sub` on the event loop (added when the VM starts).

@@ -53,3 +53,32 @@ fn without_testdev_the_guest_fails_cleanly() {
     assert!(out.stdout.contains("CHECK FAILED"), "{out:?}");
     assert_eq!(out.status, Some(0x23), "GUEST_EXIT_FAIL: {out:?}");
 }
+
+#[test]
+fn intx_through_piix3_pirq_and_ioapic() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("intx_through_piix3_pirq_and_ioapic", &why);
+    }
+    let g = guests::path("intx");
+    let out = VmRun::new(ARBITER)
+        .args([
+            "run",
+            "--memory",
+            "64M",
+            "--pci-testdev",
+            "--kernel",
+            g.to_str().unwrap(),
+        ])
+        .run()
+        .unwrap();
+    assert!(!out.timed_out, "{out:?}");
+    for line in [
+        "intx: slot 2 pin 1 -> PIRQC -> IRQ 11 (line register 11)",
+        "intx: IRQ 11 delivered, level-triggered, no storm (vector 0x51)",
+        "intx: re-routed PIRQC to IRQ 5, delivered (vector 0x52)",
+        "intx: command bit 10 disables INTx",
+    ] {
+        assert!(out.stdout.contains(line), "missing {line:?}: {out:?}");
+    }
+    assert_eq!(out.status, Some(33), "{out:?}");
+}

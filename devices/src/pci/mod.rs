@@ -3,6 +3,7 @@
 
 pub mod configuration;
 pub mod device;
+pub mod intx;
 pub mod msix;
 pub mod root;
 pub mod testdev;

@@ -305,28 +305,6 @@ impl ConfigOnlyFunction {
             header_type: 0,
         }))
     }
-
-    /// PIIX3 PCI-to-ISA bridge, 8086:7000, multi-function. The PIRQ route
-    /// registers 0x60-0x63 are writable and start at IRQ 10, 10, 11, 11.
-    pub fn piix3_isa_bridge() -> Self {
-        let mut c = crate::pci::PciConfiguration::new(crate::pci::PciIds {
-            vendor: 0x8086,
-            device: 0x7000,
-            class: 0x06_01_00,
-            revision: 0,
-            subsystem_vendor: 0x1af4,
-            subsystem: 0x1100,
-            header_type: 0x80,
-        });
-        c.set_reg(0x60 / 4, 0x0B0B_0A0A);
-        c.set_writable(0x60 / 4, 0x8F8F_8F8F);
-        Self::new(c)
-    }
-
-    /// The PIRQ route register for PIRQ `n` (0..4): IRQ in bits 3:0, bit 7 = disabled.
-    pub fn pirq_route(&self, n: u8) -> u8 {
-        self.config.read_reg(0x60 / 4).to_le_bytes()[usize::from(n & 3)]
-    }
 }
 
 impl PciDevice for ConfigOnlyFunction {

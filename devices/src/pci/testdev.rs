@@ -14,6 +14,7 @@
 //! | 0x10 | W      | doorbell: an ioeventfd (BAR0 only); the event loop    |
 //! |      |        | answers by writing vector 1's irqfd                  |
 //! | 0x14 | R      | doorbells handled by the event loop                  |
+//! | 0x18 | RW     | INTx level (1 asserts INTA#, 0 deasserts)            |
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct PciTestDev {
     doorbells_handled: Arc<AtomicU32>,
     ioevents: Arc<dyn IoEventRegistrar>,
     doorbell_at: Option<u64>,
+    intx: Option<Arc<dyn crate::interrupt::InterruptLine>>,
+    intx_level: u32,
 }
 
 impl std::fmt::Debug for PciTestDev {
@@ -135,9 +138,18 @@ impl PciTestDev {
             doorbells_handled: Arc::new(AtomicU32::new(0)),
             ioevents,
             doorbell_at: None,
+            intx: None,
+            intx_level: 0,
         };
         d.register_doorbell(bars.regs + DOORBELL)?;
         Ok(d)
+    }
+
+    /// Wire INTA# to `line` and set the interrupt line register to `irq`
+    /// (as firmware would after routing).
+    pub fn set_intx(&mut self, line: Arc<dyn crate::interrupt::InterruptLine>, irq: u8) {
+        self.config.set_interrupt(1, irq);
+        self.intx = Some(line);
     }
 
     fn register_doorbell(&mut self, addr: u64) -> Result<(), InterruptError> {
@@ -173,6 +185,7 @@ impl PciTestDev {
             0x04 => self.scratch,
             0x0C => self.raises,
             0x14 => self.doorbells_handled.load(Ordering::SeqCst),
+            0x18 => self.intx_level,
             _ => 0,
         }
     }
@@ -184,6 +197,16 @@ impl PciTestDev {
                 self.raises = self.raises.wrapping_add(1);
                 if let Ok(vec) = u16::try_from(v) {
                     self.msix.trigger(vec);
+                }
+            }
+            0x18 => {
+                // Command register bit 10 disables INTx.
+                let allowed = self.config.command() & 0x400 == 0;
+                self.intx_level = v & 1;
+                if let Some(l) = &self.intx {
+                    if let Err(e) = l.set_level(self.intx_level == 1 && allowed) {
+                        log::warn!("pci-testdev INTx: {e}");
+                    }
                 }
             }
             // A doorbell that reached us (no ioeventfd): same effect.
