@@ -240,6 +240,66 @@ fn ratios(fx: &Fixture) {
     }
 }
 
+/// A backend that moves no data: isolates the target's own per-command cost.
+#[derive(Debug)]
+struct NullBackend;
+
+impl scsi::BlockBackend for NullBackend {
+    fn read_vectored_at(&self, _b: &mut [std::io::IoSliceMut<'_>], _o: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_vectored_at(
+        &self,
+        _b: &[std::io::IoSlice<'_>],
+        _o: u64,
+        _f: bool,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn discard(&self, _o: u64, _l: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn supports_discard(&self) -> bool {
+        false
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(FILE_SIZE)
+    }
+    fn is_shared(&self) -> bool {
+        false
+    }
+}
+
+/// Per-command cost of the target itself (CDB parse, unit attention and
+/// task bookkeeping, data copy) over a backend that does nothing.
+fn overhead(c: &mut Criterion, fx: &Fixture) {
+    let disk = Disk::new(
+        DiskConfig::new(DiskIdentity::from_text("null")),
+        Arc::new(NullBackend),
+        None,
+    )
+    .expect("disk");
+    let null = Fixture {
+        _dir: tempfile::tempdir().expect("tempdir"),
+        file: fx.file.try_clone().expect("clone"),
+        target: EmulatedTarget::new()
+            .with_lun(0, Arc::new(disk))
+            .expect("lun"),
+    };
+    prime(&null);
+    let mut g = c.benchmark_group("target_overhead_null_backend");
+    g.throughput(Throughput::Elements(1));
+    for (op, name) in [(Op::Read, "read_4k_qd1"), (Op::Write, "write_4k_qd1")] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| run(&null, op, Path::Target, 1, iters))
+        });
+    }
+    g.finish();
+}
+
 fn main() {
     let fx = fixture();
     prime(&fx);
@@ -248,6 +308,7 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .configure_from_args();
     bench(&mut c, &fx);
+    overhead(&mut c, &fx);
     c.final_summary();
     // Only under `cargo bench` (not `cargo test --benches`).
     if std::env::args().any(|a| a == "--bench") {

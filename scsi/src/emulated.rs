@@ -4,6 +4,39 @@
 //! absent LUNs (INQUIRY: peripheral qualifier 3, type 0x1F; REQUEST SENSE:
 //! LOGICAL UNIT NOT SUPPORTED as data; anything else CHECK CONDITION 5/25/00),
 //! and hands every other command to the addressed [`LogicalUnit`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use scsi::{Disk, DiskConfig, DiskIdentity, EmulatedTarget, FileBackend, FileOptions};
+//! use scsi::{DataIn, DataOut, ItNexus, PortName, Request, ScsiTarget, Status, TargetPort};
+//!
+//! # let img = tempfile::NamedTempFile::new().unwrap();
+//! # img.as_file().set_len(1 << 20).unwrap();
+//! # let path = img.path();
+//! // One disk: its identity must be the same wherever the disk is opened.
+//! let identity = DiskIdentity::parse("6b8f1c2e-0d3a-4c55-9e1f-2a7b3c4d5e6f").unwrap();
+//! let backend = Arc::new(FileBackend::open(path, FileOptions { shared: true, ..Default::default() }).unwrap());
+//! let disk = Disk::new(DiskConfig::new(identity), backend, None /* or Some(reservations) */).unwrap();
+//! let target = EmulatedTarget::new().with_lun(0, Arc::new(disk)).unwrap();
+//!
+//! let nexus = ItNexus {
+//!     initiator: "naa.5000000000000001".parse().unwrap(),
+//!     target: TargetPort { relative_id: 1, name: "naa.5001405000000001".parse().unwrap() },
+//! };
+//! let cdb = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]; // READ CAPACITY(10)
+//! let mut data = Vec::new();
+//! let mut run = |data: &mut Vec<u8>| {
+//!     let req = Request { nexus: &nexus, lun: 0, tag: 1, attr: Default::default(), cdb: &cdb };
+//!     let mut none: &[u8] = &[];
+//!     target.execute(&req, DataOut { reader: &mut none, len: 0 }, DataIn { writer: data, len: 8 }).unwrap()
+//! };
+//! // The first command of a new I_T nexus reports POWER ON, RESET (6/29/00).
+//! assert_eq!(run(&mut data).status, Status::CheckCondition);
+//! let r = run(&mut data);
+//! assert_eq!(r.status, Status::Good);
+//! assert_eq!(data, [0, 0, 0x07, 0xFF, 0, 0, 0x02, 0x00]); // 2048 blocks of 512
+//! # let _ = PortName::derived_naa("x");
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};

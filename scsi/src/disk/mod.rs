@@ -430,13 +430,13 @@ impl Disk {
     /// executing it (unless exempt), or refuse a tag already outstanding.
     fn begin(&self, req: &Request<'_>, exempt: bool) -> Result<(), Sense> {
         let mut st = self.lock();
-        if !st.nexuses.contains_key(req.nexus) {
-            st.nexuses.insert(req.nexus.clone(), NexusState::new());
-        }
-        let ns = st
-            .nexuses
-            .get_mut(req.nexus)
-            .ok_or(codes::INTERNAL_TARGET_FAILURE)?;
+        let ns = match st.nexuses.get_mut(req.nexus) {
+            Some(ns) => ns,
+            None => st
+                .nexuses
+                .entry(req.nexus.clone())
+                .or_insert_with(NexusState::new),
+        };
         self.merge_pr_uas(req.nexus, ns);
         if !exempt {
             if let Some(ua) = ns.ua.pop() {
