@@ -8,6 +8,7 @@
 //! status machine, queue configuration, notification eventfds and the
 //! interrupt routing (MSI-X or INTx).
 
+pub mod chain;
 pub mod pci;
 pub mod scsi;
 

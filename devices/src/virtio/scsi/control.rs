@@ -11,8 +11,9 @@ use std::sync::Arc;
 use scsi::{TaskMgmt, TmfResponse};
 use virtio_queue::{DescriptorChain, Queue};
 
-use super::request::{check_chain, decode_lun, drain_queue, response, ChainError};
+use super::request::{decode_lun, drain_queue, response, ChainError};
 use super::Controller;
+use crate::virtio::chain::split_chain;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// Control request types.
@@ -99,9 +100,7 @@ impl ControlProcessor {
         mem: &GuestMemory,
         chain: DescriptorChain<&GuestMemory>,
     ) -> Result<u32, ChainError> {
-        check_chain(&chain)?;
-        let mut reader = chain.clone().reader(mem).map_err(|_| ChainError::Memory)?;
-        let mut writer = chain.writer(mem).map_err(|_| ChainError::Memory)?;
+        let (mut reader, mut writer) = split_chain(mem, chain)?;
         let got = reader.available_bytes();
         if got < 4 {
             return Err(ChainError::RequestTooShort { need: 4, got });

@@ -13,8 +13,9 @@ use log::warn;
 use scsi::Lun;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
-use super::request::{check_chain, encode_lun, ChainError};
+use super::request::{encode_lun, ChainError};
 use super::{features, Controller, ScsiControllerError, TargetSlot, EVENT_SIZE};
+use crate::virtio::chain::split_chain;
 use crate::virtio::{GuestMemory, InterruptType, VirtioInterrupt};
 
 /// No event (only with [`EVENTS_MISSED`]).
@@ -77,8 +78,7 @@ fn write_event(
     chain: DescriptorChain<&GuestMemory>,
     ev: &Event,
 ) -> Result<u32, ChainError> {
-    check_chain(&chain)?;
-    let mut w = chain.writer(mem).map_err(|_| ChainError::Memory)?;
+    let (_, mut w) = split_chain(mem, chain)?;
     let got = w.available_bytes();
     if got < EVENT_SIZE {
         return Err(ChainError::ResponseTooShort {
@@ -165,22 +165,22 @@ impl Controller {
         if u32::from(lun) > super::MAX_LUN {
             return Err(ScsiControllerError::LunRange(lun));
         }
-        self.targets_mut()
-            .get_mut(&target)
-            .ok_or(ScsiControllerError::NoTarget(target))?
-            .luns
-            .insert(lun);
+        self.update_targets(|t| {
+            t.get_mut(&target)
+                .map(|s| s.luns.insert(lun))
+                .ok_or(ScsiControllerError::NoTarget(target))
+        })?;
         self.hotplug_event(target, lun, EVT_RESET_RESCAN);
         Ok(())
     }
 
     /// A LUN was removed from target `target`.
     pub fn hot_remove_lun(&self, target: u8, lun: Lun) -> Result<(), ScsiControllerError> {
-        self.targets_mut()
-            .get_mut(&target)
-            .ok_or(ScsiControllerError::NoTarget(target))?
-            .luns
-            .remove(&lun);
+        self.update_targets(|t| {
+            t.get_mut(&target)
+                .map(|s| s.luns.remove(&lun))
+                .ok_or(ScsiControllerError::NoTarget(target))
+        })?;
         self.hotplug_event(target, lun, EVT_RESET_REMOVED);
         Ok(())
     }
@@ -188,13 +188,13 @@ impl Controller {
     /// Attach a new target with its LUNs.
     pub fn add_target(&self, id: u8, slot: TargetSlot) -> Result<(), ScsiControllerError> {
         let luns: Vec<Lun> = slot.luns.iter().copied().collect();
-        {
-            let mut t = self.targets_mut();
+        self.update_targets(|t| {
             if t.contains_key(&id) {
                 return Err(ScsiControllerError::DuplicateTarget(id));
             }
             t.insert(id, slot);
-        }
+            Ok(())
+        })?;
         for lun in luns {
             self.hotplug_event(id, lun, EVT_RESET_RESCAN);
         }
@@ -204,8 +204,7 @@ impl Controller {
     /// Detach a target.
     pub fn remove_target(&self, id: u8) -> Result<(), ScsiControllerError> {
         let slot = self
-            .targets_mut()
-            .remove(&id)
+            .update_targets(|t| t.remove(&id))
             .ok_or(ScsiControllerError::NoTarget(id))?;
         for lun in slot.luns {
             self.hotplug_event(id, lun, EVT_RESET_REMOVED);

@@ -21,7 +21,7 @@ pub mod test_utils;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use scsi::{ItNexus, Lun, PortName, ScsiTarget, TargetPort};
 
@@ -131,10 +131,14 @@ impl TargetSlot {
     }
 }
 
+/// Target id → target.
+pub type TargetMap = BTreeMap<u8, TargetSlot>;
+
 /// State shared by the device, its workers and hot-plug callers.
 #[derive(Debug)]
 pub struct Controller {
-    targets: RwLock<BTreeMap<u8, TargetSlot>>,
+    /// Copy-on-write: the command path takes one snapshot per batch.
+    targets: RwLock<Arc<TargetMap>>,
     sense_size: AtomicU32,
     cdb_size: AtomicU32,
     acked: AtomicU64,
@@ -144,7 +148,7 @@ pub struct Controller {
 impl Controller {
     pub(crate) fn new(targets: BTreeMap<u8, TargetSlot>) -> Self {
         Controller {
-            targets: RwLock::new(targets),
+            targets: RwLock::new(Arc::new(targets)),
             sense_size: AtomicU32::new(DEFAULT_SENSE_SIZE),
             cdb_size: AtomicU32::new(DEFAULT_CDB_SIZE),
             acked: AtomicU64::new(0),
@@ -152,12 +156,15 @@ impl Controller {
         }
     }
 
-    pub(crate) fn targets(&self) -> RwLockReadGuard<'_, BTreeMap<u8, TargetSlot>> {
-        self.targets.read().unwrap_or_else(|e| e.into_inner())
+    /// The current targets (a snapshot: later hot-plug does not change it).
+    pub fn targets(&self) -> Arc<TargetMap> {
+        Arc::clone(&self.targets.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub(crate) fn targets_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<u8, TargetSlot>> {
-        self.targets.write().unwrap_or_else(|e| e.into_inner())
+    /// Change the targets (copy-on-write).
+    pub(crate) fn update_targets<R>(&self, f: impl FnOnce(&mut TargetMap) -> R) -> R {
+        let mut g = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        f(Arc::make_mut(&mut g))
     }
 
     pub(crate) fn events(&self) -> MutexGuard<'_, event::EventState> {

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use log::{debug, warn};
 use scsi::target::{DataIn, DataOut, Request, TaskAttr};
 use scsi::Lun;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
-use super::Controller;
+use super::{Controller, TargetMap};
+use crate::virtio::chain::{split_chain, ChainShapeError};
 use crate::virtio::{GuestMemory, InterruptType, VirtioInterrupt};
 
 /// Fixed part of a command request, before the CDB.
@@ -115,58 +116,13 @@ pub fn encode_lun(target: u8, lun: Lun) -> [u8; 8] {
     [1, target, b2, lo, 0, 0, 0, 0]
 }
 
-/// Check the shape of a chain before using it: at least one descriptor, no
-/// readable descriptor after a writable one, and the chain ends (no loop,
-/// no `next` outside the table).
-pub fn check_chain(chain: &DescriptorChain<&GuestMemory>) -> Result<(), ChainError> {
-    let mut seen_write = false;
-    let mut count = 0usize;
-    let mut last_has_next = false;
-    for d in chain.clone() {
-        count += 1;
-        if d.is_write_only() {
-            seen_write = true;
-        } else if seen_write {
-            return Err(ChainError::Order);
+impl From<ChainShapeError> for ChainError {
+    fn from(e: ChainShapeError) -> Self {
+        match e {
+            ChainShapeError::Structure | ChainShapeError::TooLong => ChainError::Structure,
+            ChainShapeError::Order => ChainError::Order,
+            ChainShapeError::Memory => ChainError::Memory,
         }
-        last_has_next = d.has_next();
-    }
-    if count == 0 || last_has_next {
-        return Err(ChainError::Structure);
-    }
-    Ok(())
-}
-
-/// Data-out as the target sees it.
-pub struct ChainReader<'r, 'a>(pub &'r mut Reader<'a>);
-
-impl Read for ChainReader<'_, '_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl std::fmt::Debug for ChainReader<'_, '_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChainReader({} bytes left)", self.0.available_bytes())
-    }
-}
-
-/// Data-in as the target sees it.
-pub struct ChainWriter<'r, 'a>(pub &'r mut Writer<'a>);
-
-impl Write for ChainWriter<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for ChainWriter<'_, '_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChainWriter({} bytes left)", self.0.available_bytes())
     }
 }
 
@@ -224,8 +180,10 @@ impl RequestProcessor {
         index: u16,
         irq: &dyn VirtioInterrupt,
     ) -> Result<(), ChainError> {
+        // One snapshot of the targets per batch: no lock per command.
+        let targets = self.ctrl.targets();
         drain_queue(mem, queue, index, irq, |chain| {
-            self.handle_chain(mem, chain)
+            self.handle(&targets, mem, chain)
         })
     }
 
@@ -235,9 +193,16 @@ impl RequestProcessor {
         mem: &GuestMemory,
         chain: DescriptorChain<&GuestMemory>,
     ) -> Result<u32, ChainError> {
-        check_chain(&chain)?;
-        let mut reader = chain.clone().reader(mem).map_err(|_| ChainError::Memory)?;
-        let mut writer = chain.writer(mem).map_err(|_| ChainError::Memory)?;
+        self.handle(&self.ctrl.targets(), mem, chain)
+    }
+
+    fn handle(
+        &self,
+        targets: &TargetMap,
+        mem: &GuestMemory,
+        chain: DescriptorChain<&GuestMemory>,
+    ) -> Result<u32, ChainError> {
+        let (mut reader, mut writer) = split_chain(mem, chain)?;
         let sense_size = usize::try_from(self.ctrl.sense_size()).unwrap_or(0);
         let cdb_size = usize::try_from(self.ctrl.cdb_size()).unwrap_or(0).min(255);
         let hdr_len = REQ_HEADER_LEN + cdb_size;
@@ -268,14 +233,14 @@ impl RequestProcessor {
         reader
             .read_exact(&mut hdr[..hdr_len])
             .map_err(|_| ChainError::Memory)?;
-        let mut data_in = writer.split_at(resp_len).map_err(|_| ChainError::Memory)?;
+        let mut data_in = writer.split_off(resp_len).ok_or(ChainError::Memory)?;
         let mut lun = [0u8; 8];
         lun.copy_from_slice(&hdr[0..8]);
         let mut tag = [0u8; 8];
         tag.copy_from_slice(&hdr[8..16]);
         let tag = u64::from_le_bytes(tag);
 
-        let target = decode_lun(&lun).and_then(|(t, l)| self.ctrl.target(t).map(|x| (x, l)));
+        let target = decode_lun(&lun).and_then(|(t, l)| targets.get(&t).map(|x| (x, l)));
         let mut sense_out: &[u8] = &[];
         let result;
         let resp = match target {
@@ -283,24 +248,24 @@ impl RequestProcessor {
                 response: response::BAD_TARGET,
                 ..Default::default()
             },
-            Some(((target, nexus), lun)) => {
+            Some((slot, lun)) => {
                 let din_cap = data_in.available_bytes();
                 let dout_cap = reader.available_bytes();
                 let req = Request {
-                    nexus: &nexus,
+                    nexus: &slot.nexus,
                     lun,
                     tag,
                     attr: task_attr(hdr[16]),
                     cdb: &hdr[REQ_HEADER_LEN..hdr_len],
                 };
-                result = target.execute(
+                result = slot.target.execute(
                     &req,
                     DataOut {
-                        reader: &mut ChainReader(&mut reader),
+                        reader: &mut reader,
                         len: dout_cap,
                     },
                     DataIn {
-                        writer: &mut ChainWriter(&mut data_in),
+                        writer: &mut data_in,
                         len: din_cap,
                     },
                 );
