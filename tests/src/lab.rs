@@ -110,6 +110,20 @@ pub struct Vm {
     expect_exit: Option<i32>,
     expect_serial: Option<String>,
     timeout: Duration,
+    controllers: Vec<u32>,
+}
+
+/// How a [`Vm::scsi_disk`] is attached.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskOpts {
+    /// The guest cannot write it.
+    pub readonly: bool,
+    /// Other VMs open the same file (arbiter: `shared=on`, one PR state;
+    /// QEMU: `share-rw=on`).
+    pub shared: bool,
+    /// QEMU: first in the firmware's boot order (`bootindex=1`); arbiter's
+    /// firmware boots from what it finds.
+    pub boot: bool,
 }
 
 impl Vm {
@@ -122,6 +136,7 @@ impl Vm {
             expect_exit: Some(0),
             expect_serial: None,
             timeout: Duration::from_secs(300),
+            controllers: Vec::new(),
         }
     }
 
@@ -137,7 +152,69 @@ impl Vm {
             expect_exit: Some(0),
             expect_serial: None,
             timeout: Duration::from_secs(300),
+            controllers: Vec::new(),
         }
+    }
+
+    /// Boot the distribution's OVMF (`OVMF.fd`, one image, variables not kept).
+    pub fn ovmf(self) -> Self {
+        match self.monitor {
+            Monitor::Arbiter => self.args(["--firmware", "{ovmf}"]),
+            Monitor::Qemu => self.args(["-bios", "{ovmf}"]),
+        }
+    }
+
+    /// A disk image `file` (a placeholder such as `{disk:NAME}` or `{esp}`, or
+    /// a path) as LUN 0 of `target` on virtio-scsi controller `controller`
+    /// (each controller is its own initiator port), declaring the controller
+    /// the first time.
+    pub fn scsi_disk(mut self, controller: u32, target: u32, file: &str, o: DiskOpts) -> Self {
+        let new_controller = !self.controllers.contains(&controller);
+        if new_controller {
+            self.controllers.push(controller);
+        }
+        let onoff = |b: bool| if b { "on" } else { "off" };
+        let args: Vec<String> = match self.monitor {
+            Monitor::Arbiter => {
+                let mut a = Vec::new();
+                if new_controller {
+                    a.push("--scsi".to_owned());
+                    a.push(format!("controller={controller}"));
+                }
+                a.push("--scsi-disk".to_owned());
+                a.push(format!(
+                    "path={file},controller={controller},target={target},lun=0,readonly={},shared={}",
+                    onoff(o.readonly),
+                    onoff(o.shared)
+                ));
+                a
+            }
+            Monitor::Qemu => {
+                let mut a = Vec::new();
+                if new_controller {
+                    a.push("-device".to_owned());
+                    a.push(format!("virtio-scsi-pci,id=scsi{controller}"));
+                }
+                let id = format!("c{controller}t{target}");
+                a.push("-drive".to_owned());
+                a.push(format!(
+                    "file={file},if=none,id={id},format=raw,readonly={}",
+                    onoff(o.readonly)
+                ));
+                a.push("-device".to_owned());
+                let mut dev =
+                    format!("scsi-hd,drive={id},bus=scsi{controller}.0,scsi-id={target},lun=0");
+                if o.shared {
+                    dev += ",share-rw=on";
+                }
+                if o.boot {
+                    dev += ",bootindex=1";
+                }
+                a.push(dev);
+                a
+            }
+        };
+        self.args(args)
     }
 
     /// Append arguments.

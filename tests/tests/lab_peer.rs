@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use arbiter_tests::lab::{self, Run, Scenario, Vm};
+use arbiter_tests::lab::{self, DiskOpts, Report, Run, Scenario, Vm, VmReport};
 
 #[test]
 fn lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk() {
@@ -15,14 +15,7 @@ fn lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk() {
         .vm(Vm::qemu("qemu-linux")
             .args(["-m", "256"])
             .linux("probe,bench")
-            .args([
-                "-device",
-                "virtio-scsi-pci,id=scsi0",
-                "-drive",
-                "file={disk:disk0},if=none,id=d0,format=raw",
-                "-device",
-                "scsi-hd,drive=d0,bus=scsi0.0",
-            ])
+            .scsi_disk(0, 0, "{disk:disk0}", DiskOpts::default())
             .timeout(Duration::from_secs(240)));
     let report = match lab::run(
         "lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk",
@@ -95,32 +88,61 @@ fn lab_peer_qemu_boots_linux_guest_with_virtio_scsi_disk() {
     );
 }
 
-/// The EFI variant of the guest: OVMF boots `\EFI\BOOT\BOOTX64.EFI` (the
-/// kernel with its initrd and command line built in) from an EFI system
-/// partition on virtio-scsi, and the guest finds its data disk. Nested, this
-/// is the path that needs the outer QEMU's CR8 shim (tests/lab/bql-shim.c).
+/// Guest checks every probe-running VM must pass.
+fn assert_checks(report: &Report, vm: &VmReport, checks: &[&str]) {
+    for check in checks {
+        let r = vm.result(check).unwrap_or_else(|| {
+            panic!(
+                "{}: guest did not report {check} (log: {})",
+                vm.name,
+                report.log.display()
+            )
+        });
+        assert_eq!(
+            r.status,
+            "pass",
+            "{}: {check}: {r:?} (log: {})",
+            vm.name,
+            report.log.display()
+        );
+    }
+}
+
+/// The firmware paths of scenario 2 with QEMU as the monitor, in one lab-host
+/// boot: OVMF alone reaches the UEFI shell; OVMF boots the Linux guest handed
+/// over by fw_cfg (`-kernel`/`-initrd`); OVMF boots `\EFI\BOOT\BOOTX64.EFI`
+/// (the kernel with its initrd and command line built in) from an EFI system
+/// partition on virtio-scsi and the guest finds its data disk. Nested, OVMF
+/// needs the outer QEMU's CR8 shim (tests/lab/bql-shim.c).
 #[test]
-fn lab_peer_qemu_ovmf_boots_linux_from_virtio_scsi_esp() {
-    let scenario = Scenario::new("peer_qemu_ovmf_esp")
+fn lab_peer_qemu_ovmf_shell_fwcfg_kernel_and_virtio_scsi_esp() {
+    let ro = DiskOpts {
+        readonly: true,
+        boot: true,
+        ..DiskOpts::default()
+    };
+    let scenario = Scenario::new("peer_qemu_ovmf")
         .disk("disk0", 64)
-        .vm(Vm::qemu("qemu-ovmf")
-            .args(["-m", "256", "-bios", "{ovmf}"])
-            .args([
-                "-device",
-                "virtio-scsi-pci,id=scsi0",
-                "-drive",
-                "file={esp},if=none,id=esp,format=raw,snapshot=on",
-                "-device",
-                "scsi-hd,drive=esp,bus=scsi0.0,bootindex=1",
-                "-drive",
-                "file={disk:disk0},if=none,id=d0,format=raw",
-                "-device",
-                "scsi-hd,drive=d0,bus=scsi0.0",
-            ])
+        .vm(Vm::qemu("qemu-ovmf-shell")
+            .args(["-m", "256"])
+            .ovmf()
+            .expect_exit(None)
+            .expect_serial("Shell>")
+            .timeout(Duration::from_secs(300)))
+        .vm(Vm::qemu("qemu-ovmf-kernel")
+            .args(["-m", "256"])
+            .ovmf()
+            .linux("boot")
+            .timeout(Duration::from_secs(300)))
+        .vm(Vm::qemu("qemu-ovmf-esp")
+            .args(["-m", "256"])
+            .ovmf()
+            .scsi_disk(0, 0, "{esp}", ro)
+            .scsi_disk(0, 1, "{disk:disk0}", DiskOpts::default())
             .expect_serial("@@GUEST done")
-            .timeout(Duration::from_secs(400)));
+            .timeout(Duration::from_secs(300)));
     let report = match lab::run(
-        "lab_peer_qemu_ovmf_boots_linux_from_virtio_scsi_esp",
+        "lab_peer_qemu_ovmf_shell_fwcfg_kernel_and_virtio_scsi_esp",
         &scenario,
     ) {
         Ok(Run::Done(r)) => r,
@@ -128,24 +150,28 @@ fn lab_peer_qemu_ovmf_boots_linux_from_virtio_scsi_esp() {
         Err(e) => panic!("{e}"),
     };
     report.assert_passed();
-    let vm = report.vm("qemu-ovmf");
     let log = report.log.display();
-    for check in ["modules", "boot", "disk_found", "sg_inq", "rw_block"] {
-        let r = vm
-            .result(check)
-            .unwrap_or_else(|| panic!("guest did not report {check} (log: {log})"));
-        assert_eq!(r.status, "pass", "{check}: {r:?} (log: {log})");
-    }
+    let kernel = report.vm("qemu-ovmf-kernel");
+    assert_checks(&report, kernel, &["modules", "boot"]);
+    let esp = report.vm("qemu-ovmf-esp");
+    assert_checks(
+        &report,
+        esp,
+        &["modules", "boot", "disk_found", "sg_inq", "rw_block"],
+    );
     // The probe skips the ESP (label LABESP) and uses the 64 MiB data disk.
-    let disk = vm.result("disk_found").unwrap();
+    let disk = esp.result("disk_found").unwrap();
     assert_eq!(
         disk.fields.get("sectors").map(String::as_str),
         Some("131072")
     );
-    assert!(
-        vm.output.iter().any(|l| l.contains("efi: EFI v")),
-        "the kernel did not start through UEFI (log: {log})"
-    );
+    for vm in [kernel, esp] {
+        assert!(
+            vm.output.iter().any(|l| l.contains("efi: EFI v")),
+            "{}: the kernel did not start through UEFI (log: {log})",
+            vm.name
+        );
+    }
 }
 
 /// The persistent-reservation sequence of scenario 3 (tests/lab/guest/scripts/
