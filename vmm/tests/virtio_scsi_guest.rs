@@ -144,3 +144,57 @@ fn bad_scsi_specs_are_refused_before_boot() {
         );
     }
 }
+
+/// Three controllers (three initiator ports) on one shared disk replay the
+/// cluster-validation PR arbitration across three I_T nexuses.
+#[test]
+fn three_controllers_arbitrate_one_shared_disk() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("three_controllers_arbitrate_one_shared_disk", &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("shared.img");
+    std::fs::write(&d, vec![0u8; 1 << 20]).unwrap();
+    let g = guests::path("virtio_scsi_pr");
+    let mut args: Vec<String> = vec!["run".into(), "--memory".into(), "64M".into()];
+    for c in 0..3 {
+        args.push("--scsi".into());
+        args.push(format!("controller={c}"));
+        args.push("--scsi-disk".into());
+        args.push(format!(
+            "path={},controller={c},target=0,lun=0,shared=on",
+            d.display()
+        ));
+    }
+    args.extend(["--kernel".into(), g.to_str().unwrap().into()]);
+    let out = VmRun::new(ARBITER).args(&args).run().unwrap();
+    assert!(!out.timed_out, "{out:?}");
+    for line in [
+        "node A: controller 00:02.0 ready",
+        "node B: controller 00:03.0 ready",
+        "node C: controller 00:04.0 ready",
+        "A registered and reserved WE-RO",
+        "B (unregistered) write: RESERVATION CONFLICT",
+        "B read reservation: holder key aaaa00000000000a type 5",
+        "B and C registered; read keys lists A, B and C",
+        "B preempted A",
+        "A: unit attention 6/2a/05, then write RESERVATION CONFLICT",
+        "C sees B as holder, writes as a registrant; A reads C's data",
+        "B cleared: C 6/2a/03, A writes again, no keys, no reservation",
+        "GUEST PASS",
+    ] {
+        assert!(out.stdout.contains(line), "missing {line:?}: {out:?}");
+    }
+    assert_eq!(out.status, Some(33), "{out:?}");
+    let img = std::fs::read(&d).unwrap();
+    assert!(
+        img[..512].iter().all(|&b| b == 0),
+        "B's conflicting write never landed"
+    );
+    assert!(img[512..1024].iter().all(|&b| b == 0xC1), "C's write");
+    assert!(
+        img[1024..1536].iter().all(|&b| b == 0xA2),
+        "A's write after CLEAR"
+    );
+    assert!(dir.path().join("shared.img.pr").exists(), "PR state file");
+}
