@@ -284,6 +284,21 @@ impl DeviceManager {
         (self.intx.line(slot, pin), irq)
     }
 
+    /// INTx wiring of the PCI functions in slots 2-31 for the MP table.
+    pub fn pci_intx_routes(&self) -> Vec<crate::arch::x86_64::mptable::PciIntx> {
+        let pins = self
+            .pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .intx_pins();
+        pins.into_iter()
+            .filter_map(|(slot, pin)| {
+                let irq = self.intx.routed_irq(IntxRouter::pirq_index(slot, pin))?;
+                Some(crate::arch::x86_64::mptable::PciIntx { slot, pin, irq })
+            })
+            .collect()
+    }
+
     /// Run `sub` on the event loop (added when the VM starts).
     pub fn add_subscriber(&mut self, sub: Subscriber) {
         self.subscribers.push(sub);

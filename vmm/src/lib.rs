@@ -69,6 +69,9 @@ pub enum Error {
     /// bzImage kernel load.
     #[error(transparent)]
     BzImage(#[from] arch::x86_64::bzimage::BzImageError),
+    /// MP table.
+    #[error(transparent)]
+    Mptable(#[from] arch::x86_64::mptable::MptableError),
     /// Boot register set-up.
     #[error(transparent)]
     Regs(#[from] arch::x86_64::regs::RegsError),

@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{bzimage, layout, pvh, regs};
+use crate::arch::x86_64::{bzimage, layout, mptable, pvh, regs};
 use crate::config::VmConfig;
 use crate::device_manager::{DeviceManager, Subscriber};
 use crate::stop::{StopFlag, VmStop};
@@ -143,6 +143,7 @@ impl Vmm {
             regs::setup_long_mode_sregs(&memory, &mut sregs)?;
             regs::boot_regs(e.entry, layout::BOOT_STACK_POINTER, e.zero_page, 0)
         };
+        mptable::write(&memory, config.cpus, &devices.pci_intx_routes())?;
         boot.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
         boot.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
 

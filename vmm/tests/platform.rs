@@ -137,3 +137,25 @@ fn triple_fault_is_reported_with_registers() {
     assert!(out.stderr.contains("rip=0x"), "{out:?}");
     assert!(out.stderr.contains("idt=0x0/0x0"), "{out:?}");
 }
+
+#[test]
+fn mp_table_lists_cpus_ioapic_and_irq_routes() {
+    let Some(out) = boot(
+        "mptable",
+        &["--memory", "64M", "--cpus", "2", "--pci-testdev"],
+    ) else {
+        return;
+    };
+    assert_eq!(out.status, Some(33), "{out:?}");
+    for line in [
+        "mp: table at 0x9fc10",
+        "mp: cpu apic 0 bsp",
+        "mp: cpu apic 1",
+        "mp: ioapic id 2 at fec00000",
+        "mp: isa irq 0 -> pin 2",
+        "mp: pci slot 2 pin A -> pin 11 flags d",
+        "mp: 2 cpus",
+    ] {
+        assert!(out.stdout.contains(line), "missing {line:?}: {out:?}");
+    }
+}

@@ -198,3 +198,163 @@ fn three_controllers_arbitrate_one_shared_disk() {
     );
     assert!(dir.path().join("shared.img.pr").exists(), "PR state file");
 }
+
+/// One `arbiter run` of the virtio_scsi_node guest, stepped through its
+/// serial console.
+struct Node {
+    name: &'static str,
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Node {
+    fn start(name: &'static str, disk: &Path) -> Node {
+        use std::io::BufRead;
+        let g = guests::path("virtio_scsi_node");
+        let mut child = std::process::Command::new(ARBITER)
+            .args(["run", "--memory", "64M", "--name", name, "--scsi-disk"])
+            .arg(format!(
+                "path={},controller=0,target=0,lun=0,shared=on",
+                disk.display()
+            ))
+            .arg("--kernel")
+            .arg(&g)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut n = Node {
+            name,
+            child,
+            stdin,
+            lines: rx,
+            log: Vec::new(),
+        };
+        n.expect_line("node ready");
+        n
+    }
+
+    fn next_line(&mut self) -> String {
+        let l = self
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("node {}: no output ({e}): {:?}", self.name, self.log));
+        self.log.push(l.clone());
+        l
+    }
+
+    fn expect_line(&mut self, want: &str) {
+        loop {
+            let l = self.next_line();
+            if l.contains(want) {
+                return;
+            }
+            assert!(
+                !l.contains("CHECK FAILED"),
+                "node {}: {:?}",
+                self.name,
+                self.log
+            );
+        }
+    }
+
+    /// Send one command; return its result line.
+    fn step(&mut self, cmd: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        loop {
+            let l = self.next_line();
+            if let Some(r) = l.strip_prefix("= ") {
+                return r.to_owned();
+            }
+            assert!(
+                !l.contains("CHECK FAILED"),
+                "node {}: {:?}",
+                self.name,
+                self.log
+            );
+        }
+    }
+
+    fn quit(mut self) -> Option<i32> {
+        assert_eq!(self.step("quit"), "quit");
+        self.expect_line("GUEST PASS");
+        let status = self.child.wait().unwrap();
+        status.code()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two `arbiter run` processes on one shared disk: a reservation taken in
+/// one VM is seen, preempted and cleared from the other, through the shared
+/// PR state file; the guests are stepped through their serial consoles.
+#[test]
+fn two_vms_arbitrate_one_shared_disk() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("two_vms_arbitrate_one_shared_disk", &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("cluster.img");
+    std::fs::write(&d, vec![0u8; 1 << 20]).unwrap();
+    let mut a = Node::start("node-a", &d);
+    let mut b = Node::start("node-b", &d);
+    const OK: &str = "status=00 sense=0/00/00";
+    for n in [&mut a, &mut b] {
+        assert_eq!(n.step("tur"), "tur status=02 sense=6/29/00", "power-on UA");
+        assert_eq!(n.step("tur"), format!("tur {OK}"));
+    }
+    assert_eq!(a.step("reg aa"), format!("reg {OK}"));
+    assert_eq!(a.step("res aa 5"), format!("res {OK}"));
+    // B, unregistered, conflicts with A's WE-RO reservation.
+    assert_eq!(b.step("w 0 b0"), "w status=18 sense=0/00/00");
+    assert_eq!(b.step("rr"), format!("rr {OK} holder=aa type=5"));
+    assert_eq!(b.step("reg bb"), format!("reg {OK}"));
+    let keys = b.step("rk");
+    assert!(keys.starts_with(&format!("rk {OK} keys=2")), "{keys}");
+    assert!(keys.contains(" aa") && keys.contains(" bb"), "{keys}");
+    assert_eq!(
+        b.step("w 1 b1"),
+        format!("w {OK}"),
+        "registrant under WE-RO"
+    );
+    assert_eq!(b.step("pre bb aa 5"), format!("pre {OK}"));
+    // A learns it was preempted, and can no longer write.
+    assert_eq!(a.step("tur"), "tur status=02 sense=6/2a/05");
+    assert_eq!(a.step("w 2 a0"), "w status=18 sense=0/00/00");
+    assert_eq!(a.step("rr"), format!("rr {OK} holder=bb type=5"));
+    assert_eq!(a.step("r 1"), format!("r {OK} data=b1..b1"));
+    assert_eq!(b.step("clr bb"), format!("clr {OK}"));
+    assert_eq!(a.step("w 2 a2"), format!("w {OK}"));
+    assert_eq!(a.step("rk"), format!("rk {OK} keys=0"));
+    assert_eq!(a.step("rr"), format!("rr {OK} holder=none"));
+    assert_eq!(a.quit(), Some(33));
+    assert_eq!(b.quit(), Some(33));
+    let img = std::fs::read(&d).unwrap();
+    assert!(
+        img[..512].iter().all(|&x| x == 0),
+        "conflicting write never landed"
+    );
+    assert!(img[512..1024].iter().all(|&x| x == 0xB1));
+    assert!(img[1024..1536].iter().all(|&x| x == 0xA2));
+}

@@ -16,6 +16,8 @@ pub const I8042_COMMAND: u64 = 0x64;
 const STATUS_OBF: u8 = 0x01;
 const STATUS_SYS: u8 = 0x04;
 const STATUS_CMD: u8 = 0x08;
+/// Keyboard not inhibited (the "keylock" switch is open).
+const STATUS_UNLOCKED: u8 = 0x10;
 
 /// The controller.
 pub struct I8042 {
@@ -40,7 +42,7 @@ impl I8042 {
     /// A controller after power-on self test.
     pub fn new(exit: Arc<dyn ExitHandler>) -> Self {
         I8042 {
-            status: STATUS_SYS,
+            status: STATUS_SYS | STATUS_UNLOCKED,
             output: None,
             command_byte: 0x45,
             pending_cmd: None,

@@ -109,6 +109,27 @@ impl PciRoot {
         }
     }
 
+    /// (slot, interrupt pin) of every function in slots 2-31 that has an
+    /// INTx pin (for the firmware/MP tables' routing entries).
+    pub fn intx_pins(&self) -> Vec<(u8, u8)> {
+        let mut v: Vec<(u8, u8)> = self
+            .functions
+            .iter()
+            .filter(|(devfn, _)| *devfn >> 3 >= 2)
+            .filter_map(|(devfn, d)| {
+                let pin = d
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .config()
+                    .interrupt_pin();
+                (1..=4).contains(&pin).then_some((devfn >> 3, pin))
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// The first slot with no function 0, from slot 2 on.
     pub fn free_slot(&self) -> Option<u8> {
         (2u8..32).find(|s| !self.functions.contains_key(&(s << 3)))

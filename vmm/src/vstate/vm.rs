@@ -134,13 +134,20 @@ impl GsiRoutes {
 
     fn commit_locked(&self, msi: &BTreeMap<u32, MsiMessage>) -> Result<(), InterruptError> {
         let mut entries = Vec::with_capacity(40 + msi.len());
+        // As QEMU's "pc": ISA IRQ 0 (the PIT) reaches IOAPIC pin 2 (the
+        // MP table and firmware ACPI tables declare that override), and
+        // GSI 2 (the PIC cascade) has no IOAPIC route.
         for gsi in 0..24u32 {
-            if gsi < 8 {
+            if gsi < 8 && gsi != 2 {
                 entries.push(irqchip_entry(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
-            } else if gsi < 16 {
+            } else if (8..16).contains(&gsi) {
                 entries.push(irqchip_entry(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
             }
-            entries.push(irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+            match gsi {
+                0 => entries.push(irqchip_entry(0, KVM_IRQCHIP_IOAPIC, 2)),
+                2 => {}
+                _ => entries.push(irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
+            }
         }
         for (&gsi, m) in msi {
             entries.push(kvm_irq_routing_entry {

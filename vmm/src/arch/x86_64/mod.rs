@@ -4,5 +4,6 @@
 pub mod bzimage;
 pub mod cpuid;
 pub mod layout;
+pub mod mptable;
 pub mod pvh;
 pub mod regs;
