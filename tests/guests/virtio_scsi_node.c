@@ -12,6 +12,7 @@
  *   rr                       PR IN READ RESERVATION (prints key and type)
  *   w LBA BYTE               WRITE(10) one block filled with BYTE
  *   r LBA                    READ(10) one block     (prints bytes 0 and 511)
+ *   ev                       wait for an event-queue event (prints it or none)
  *   quit                     reset the controller and end the VM (pass)
  * Numbers are hexadecimal. Result: "= <cmd> status=SS sense=K/AA/QQ [...]".
  */
@@ -128,7 +129,7 @@ u32 guest_main(struct hvm_start_info *si)
 	(void)si;
 	u8 slot;
 	CHECK(vscsi_find(&slot, 1) == 1);
-	vscsi_init(&node, slot, 1u << 1);
+	vscsi_init(&node, slot, (1u << 1) | (1u << 2)); /* HOTPLUG, CHANGE */
 	printf("node ready\n");
 	char line[128];
 	for (;;) {
@@ -160,6 +161,14 @@ u32 guest_main(struct hvm_start_info *si)
 			p = line + 4;
 			pr_out(0x03, 0, hex(&p), 0);
 			result("clr");
+		} else if (!strcmp(line, "ev")) {
+			u32 ev, reason;
+			u8 lun[8];
+			if (vscsi_event(&node, &ev, lun, &reason, 400000000))
+				printf("= ev event=%x lun=%02x%02x%02x%02x reason=%04x", ev, lun[0],
+				       lun[1], lun[2], lun[3], reason);
+			else
+				printf("= ev none");
 		} else if (!strcmp(line, "rk")) {
 			pr_in(0x00);
 			result("rk");

@@ -339,6 +339,9 @@ fn two_vms_arbitrate_one_shared_disk() {
         "registrant under WE-RO"
     );
     assert_eq!(b.step("pre bb aa 5"), format!("pre {OK}"));
+    // A's controller reports the pending REGISTRATIONS PREEMPTED unit
+    // attention as a PARAM_CHANGE event (asc 0x2a | ascq 0x05 << 8).
+    assert_eq!(a.step("ev"), "ev event=3 lun=01000000 reason=052a");
     // A learns it was preempted, and can no longer write.
     assert_eq!(a.step("tur"), "tur status=02 sense=6/2a/05");
     assert_eq!(a.step("w 2 a0"), "w status=18 sense=0/00/00");

@@ -183,3 +183,29 @@ void vscsi_reset(struct vscsi *s)
 	mmio_write8(s->common + C_STATUS, 0);
 	CHECK(mmio_read8(s->common + C_STATUS) == 0);
 }
+
+int vscsi_event(struct vscsi *s, u32 *event, u8 *lun, u32 *reason, long spins)
+{
+	struct vscsi_vq *q = &s->q[1];
+	for (long i = 0; i < spins; i++) {
+		u16 idx = (u16)(q->used[0] >> 16);
+		if (idx != q->used_seen) {
+			barrier();
+			u32 id = q->used[1 + 2 * (q->used_seen % VSCSI_QSZ)];
+			q->used_seen++;
+			CHECK(id < 4);
+			const u8 *e = s->ev[id];
+			memcpy(event, e, 4);
+			memcpy(lun, e + 4, 8);
+			memcpy(reason, e + 12, 4);
+			u64 a = (u64)s->ev[id];
+			u32 l = 16;
+			u16 f = F_WRITE;
+			vq_post(s, q, &a, &l, &f, 1, (u16)id);
+			vq_kick(s, q);
+			return 1;
+		}
+		cpu_relax();
+	}
+	return 0;
+}

@@ -53,6 +53,9 @@ u32 vscsi_cmd(struct vscsi *s, u8 target, u16 lun, const u8 *cdb, u32 cdb_len, c
 	      u32 out_len, u8 *in, u32 in_len);
 /* One TMF; returns the virtio response byte. */
 u8 vscsi_tmf(struct vscsi *s, u32 subtype, u8 target, u16 lun, u64 tag);
+/* Wait (up to `spins` polls) for an event; on one, fill the fields,
+ * give the buffer back to the device and return 1. */
+int vscsi_event(struct vscsi *s, u32 *event, u8 *lun, u32 *reason, long spins);
 /* Reset the device (status 0). */
 void vscsi_reset(struct vscsi *s);
 
