@@ -36,14 +36,9 @@ fn lab_arbiter_boots_pvh_test_guest() {
 /// Scenario 1 (first half): arbiter boots the Debian kernel (bzImage) of the
 /// lab's Linux test guest by direct kernel boot, with its initramfs, to init,
 /// which runs userspace and reports. The guest is stopped 5 s after it
-/// reports if it cannot power itself off.
-///
-/// Ignored until arbiter gives Linux its platform tables: today the kernel
-/// finds no ACPI RSDP and no MP table, sets the APIC up in virtual-wire mode,
-/// its clock stops at ~8.8 s and it hangs probing i8042 (see
-/// target/lab/logs/arbiter_linux_bzimage.log after `--ignored`).
+/// reports if it cannot power itself off (without ACPI tables Linux halts
+/// instead of powering off: "reboot: System halted").
 #[test]
-#[ignore = "arbiter's Linux boot stops before init (no ACPI/MP tables yet); run with --ignored"]
 fn lab_arbiter_boots_linux_bzimage_to_init() {
     let scenario = Scenario::new("arbiter_linux_bzimage").vm(Vm::arbiter("linux")
         .args(["--memory", "256M"])
