@@ -140,6 +140,12 @@ u32 guest_main(struct hvm_start_info *si)
 		printf("bsp: leaf 0xb core level: %u cpus, shift %u\n", b & 0xffff, a & 0x1f);
 	}
 
+	cpuid(0x40000000, 0, &a, &b, &c, &d);
+	if (a >= 0x40000010) {
+		cpuid(0x40000010, 0, &a, &b, &c, &d);
+		printf("bsp: tsc %s\n", a > 100000 ? "frequency published" : "frequency missing");
+	}
+
 	usize n = (usize)(tramp_end - tramp_start);
 	u64 cr3;
 	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));

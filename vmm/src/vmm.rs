@@ -71,6 +71,11 @@ impl Vmm {
         if config.firmware.is_some() {
             return Err(Error::NotImplemented("--firmware (UEFI boot)"));
         }
+        if config.hyperv {
+            return Err(Error::NotImplemented(
+                "--cpus ...,hyperv=on (Hyper-V enlightenments)",
+            ));
+        }
         if !config.net.is_empty() {
             return Err(Error::NotImplemented("--net"));
         }

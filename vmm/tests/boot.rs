@@ -130,6 +130,10 @@ fn bad_flags_give_one_line_errors() {
             "--config",
         ),
         (vec!["run"], "nothing to boot"),
+        (
+            vec!["run", "--kernel", h, "--cpus", "2,hyperv=on"],
+            "not implemented yet",
+        ),
     ] {
         let out = vm().args(args.clone()).run().unwrap();
         assert_eq!(out.status, Some(1), "{args:?}: {out:?}");

@@ -67,6 +67,7 @@ pub fn create(
         .create_vcpu(u64::from(id))
         .map_err(e("KVM_CREATE_VCPU"))?;
     let mut c = supported.clone();
+    let tsc_khz = tsc_khz.or_else(|| vcpu.get_tsc_khz().ok().filter(|k| *k > 0));
     cpuid::patch(&mut c, id, count, tsc_khz);
     vcpu.set_cpuid2(&c).map_err(e("KVM_SET_CPUID2"))?;
     let mut lapic = vcpu.get_lapic().map_err(e("KVM_GET_LAPIC"))?;

@@ -29,6 +29,29 @@ fn bits_for(n: u32) -> u32 {
 pub fn patch(cpuid: &mut CpuId, id: u8, count: u8, tsc_khz: Option<u32>) {
     let core_bits = bits_for(u32::from(count));
     let apic_id = u32::from(id);
+    // Publish the TSC frequency in the hypervisor timing leaf 0x40000010
+    // (kHz in EAX, LAPIC bus kHz in EBX) after KVM's signature leaf.
+    if let Some(khz) = tsc_khz {
+        let has_hv = cpuid.as_mut_slice().iter_mut().any(|e| {
+            if e.function == 0x4000_0000 {
+                e.eax = e.eax.max(LEAF_HV_TIMING);
+                true
+            } else {
+                false
+            }
+        });
+        let has_timing = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == LEAF_HV_TIMING);
+        if has_hv && !has_timing {
+            let _ = cpuid.push(kvm_cpuid_entry2 {
+                function: LEAF_HV_TIMING,
+                eax: khz,
+                ..Default::default()
+            });
+        }
+    }
     // Make sure the topology leaf has its SMT, core and terminating sub-leaves.
     let max_basic = cpuid
         .as_slice()
