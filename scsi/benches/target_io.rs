@@ -310,8 +310,10 @@ fn main() {
     bench(&mut c, &fx);
     overhead(&mut c, &fx);
     c.final_summary();
-    // Only under `cargo bench` (not `cargo test --benches`).
-    if std::env::args().any(|a| a == "--bench") {
+    // Only under `cargo bench` (not `cargo test --benches`), unless
+    // TARGET_IO_RATIOS=0.
+    let wanted = std::env::var("TARGET_IO_RATIOS").map_or(true, |v| v != "0");
+    if wanted && std::env::args().any(|a| a == "--bench") {
         ratios(&fx);
     }
 }

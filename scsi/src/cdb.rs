@@ -362,10 +362,22 @@ impl<'a> Cdb<'a> {
     /// Check that every bit the usage data marks unused is zero (the
     /// CONTROL byte's vendor bits 7..6 and obsolete FLAG bit 1 excepted).
     pub fn check_reserved(&self) -> Result<(), ParseError> {
-        let last = self.bytes.len() - 1;
-        for (i, (&b, &u)) in self.bytes.iter().zip(self.info.usage).enumerate().skip(1) {
+        let last = self
+            .bytes
+            .len()
+            .min(self.info.usage.len())
+            .saturating_sub(1);
+        let bad_at = |i: usize| {
             let ignored = if i == last { 0xC2 } else { 0 };
-            let bad = b & !u & !ignored;
+            let usage = self.info.usage.get(i).copied().unwrap_or(0);
+            self.byte(i) & !usage & !ignored
+        };
+        // Fast path: no reserved bit set anywhere.
+        if (1..=last).all(|i| bad_at(i) == 0) {
+            return Ok(());
+        }
+        for i in 1..=last {
+            let bad = bad_at(i);
             if bad != 0 {
                 let bit = u8::try_from(7 - bad.leading_zeros()).unwrap_or(7);
                 return Err(ParseError::InvalidField {
@@ -394,7 +406,11 @@ impl<'a> Cdb<'a> {
 
     /// Big-endian unsigned field of `size` bytes at `offset` (size ≤ 8).
     pub fn be(&self, offset: usize, size: usize) -> u64 {
-        (offset..offset + size).fold(0u64, |acc, i| (acc << 8) | u64::from(self.byte(i)))
+        match self.bytes.get(offset..offset.saturating_add(size)) {
+            Some(b) => b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)),
+            None => (offset..offset.saturating_add(size))
+                .fold(0u64, |acc, i| (acc << 8) | u64::from(self.byte(i))),
+        }
     }
 
     /// The value of a table field.

@@ -352,3 +352,19 @@ fn reservation_commands_without_reservation_state() {
     // RESERVE(6).
     r.cmd(&[0x16, 0, 0, 0, 0, 0], &[], 0).check(5, 0x20, 0);
 }
+
+#[test]
+fn nexuses_differing_only_in_target_port_name_are_distinct() {
+    let r = Rig::new();
+    let a = nexus(1);
+    let mut b = nexus(1);
+    b.target.name = scsi::PortName::Naa([0x50, 0x01, 0x40, 0x5A, 0, 0, 0, 0x99]);
+    run(&r.target, &a, 0, &TUR, &[], 0).check(6, 0x29, 0x00);
+    run(&r.target, &a, 0, &TUR, &[], 0).good();
+    // Same initiator and relative port id, other target port: its own 29/00.
+    run(&r.target, &b, 0, &TUR, &[], 0).check(6, 0x29, 0x00);
+    let mut c = nexus(1);
+    c.target.relative_id = 2;
+    run(&r.target, &c, 0, &TUR, &[], 0).check(6, 0x29, 0x00);
+    run(&r.target, &a, 0, &TUR, &[], 0).good();
+}

@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use crate::backend::BlockBackend;
 use crate::cdb::{self, Cdb, Cmd, Needs, ParseError, UaRule};
 use crate::datain::{complete_data_in, read_data_out_into};
 use crate::emulated::LogicalUnit;
-use crate::nexus::ItNexus;
+use crate::nexus::{ItNexus, PortName};
 use crate::pr::{PrOutcome, Reservations};
 use crate::sense::{codes, Sense, Status};
 use crate::target::{DataIn, DataOut, Request, Response, TaskMgmt, TmfResponse, TransportError};
@@ -188,6 +188,40 @@ impl Hasher for FxHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
+/// An I_T nexus as a map key: hashed on the initiator name and relative
+/// target port only (cheap, and enough to spread real nexuses); equality is
+/// the full `ItNexus` equality.
+#[derive(Debug, Clone, Eq)]
+#[repr(transparent)]
+struct NexusKey(ItNexus);
+
+impl NexusKey {
+    fn of(n: &ItNexus) -> &NexusKey {
+        // SAFETY: NexusKey is a #[repr(transparent)] wrapper around ItNexus,
+        // so both have the same layout and the reference stays valid for the
+        // same lifetime.
+        unsafe { &*std::ptr::from_ref(n).cast::<NexusKey>() }
+    }
+}
+
+impl PartialEq for NexusKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.target.relative_id == other.0.target.relative_id
+            && self.0.initiator == other.0.initiator
+            && self.0.target.name == other.0.target.name
+    }
+}
+
+impl Hash for NexusKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match &self.0.initiator {
+            PortName::Naa(b) => h.write_u64(u64::from_ne_bytes(*b)),
+            PortName::Iscsi(s) => h.write(s.as_bytes()),
+        }
+        h.write_u16(self.0.target.relative_id);
+    }
+}
+
 /// Largest buffer kept for reuse per thread.
 const SCRATCH_MAX: usize = 1 << 20;
 
@@ -242,7 +276,7 @@ impl NexusState {
 
 #[derive(Debug, Default)]
 struct LuState {
-    nexuses: FastMap<ItNexus, NexusState>,
+    nexuses: FastMap<NexusKey, NexusState>,
 }
 
 /// A command failed: CHECK CONDITION, another status, or a transport error.
@@ -399,7 +433,7 @@ impl Disk {
     fn raise_ua_all(&self, ua: Sense, except: Option<&ItNexus>) {
         let mut st = self.lock();
         for (n, s) in st.nexuses.iter_mut() {
-            if Some(n) != except {
+            if Some(&n.0) != except {
                 s.ua.push(ua);
             }
         }
@@ -430,11 +464,11 @@ impl Disk {
     /// executing it (unless exempt), or refuse a tag already outstanding.
     fn begin(&self, req: &Request<'_>, exempt: bool) -> Result<(), Sense> {
         let mut st = self.lock();
-        let ns = match st.nexuses.get_mut(req.nexus) {
+        let ns = match st.nexuses.get_mut(NexusKey::of(req.nexus)) {
             Some(ns) => ns,
             None => st
                 .nexuses
-                .entry(req.nexus.clone())
+                .entry(NexusKey(req.nexus.clone()))
                 .or_insert_with(NexusState::new),
         };
         self.merge_pr_uas(req.nexus, ns);
@@ -457,7 +491,7 @@ impl Disk {
         let mut st = self.lock();
         let aborted = st
             .nexuses
-            .get_mut(req.nexus)
+            .get_mut(NexusKey::of(req.nexus))
             .and_then(|ns| ns.tasks.remove(&req.tag))
             .unwrap_or(false);
         drop(st);
@@ -629,7 +663,7 @@ impl LogicalUnit for Disk {
             TaskMgmt::AbortTask(tag) => {
                 if let Some(a) = st
                     .nexuses
-                    .get_mut(nexus)
+                    .get_mut(NexusKey::of(nexus))
                     .and_then(|ns| ns.tasks.get_mut(&tag))
                 {
                     *a = true;
@@ -638,7 +672,7 @@ impl LogicalUnit for Disk {
                 TmfResponse::Complete
             }
             TaskMgmt::AbortTaskSet => {
-                if let Some(ns) = st.nexuses.get_mut(nexus) {
+                if let Some(ns) = st.nexuses.get_mut(NexusKey::of(nexus)) {
                     ns.tasks.values_mut().for_each(|a| *a = true);
                 }
                 self.wait_aborted(st);
@@ -650,7 +684,7 @@ impl LogicalUnit for Disk {
                         continue;
                     }
                     ns.tasks.values_mut().for_each(|a| *a = true);
-                    if n != nexus {
+                    if &n.0 != nexus {
                         // TAS = 0: the other nexus learns through a UA.
                         ns.ua.push(codes::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
                     }
@@ -674,7 +708,7 @@ impl LogicalUnit for Disk {
             TaskMgmt::ItNexusReset => {
                 let ns = st
                     .nexuses
-                    .entry(nexus.clone())
+                    .entry(NexusKey(nexus.clone()))
                     .or_insert_with(NexusState::new);
                 ns.tasks.values_mut().for_each(|a| *a = true);
                 ns.ua.push(codes::I_T_NEXUS_LOSS);
@@ -688,7 +722,7 @@ impl LogicalUnit for Disk {
             TaskMgmt::QueryTask(tag) => {
                 let live = st
                     .nexuses
-                    .get(nexus)
+                    .get(NexusKey::of(nexus))
                     .and_then(|ns| ns.tasks.get(&tag))
                     .is_some_and(|&aborted| !aborted);
                 if live {
@@ -700,7 +734,7 @@ impl LogicalUnit for Disk {
             TaskMgmt::QueryTaskSet => {
                 let any = st
                     .nexuses
-                    .get(nexus)
+                    .get(NexusKey::of(nexus))
                     .is_some_and(|ns| ns.tasks.values().any(|&a| !a));
                 if any {
                     TmfResponse::Succeeded
@@ -711,7 +745,7 @@ impl LogicalUnit for Disk {
             TaskMgmt::QueryAsyncEvent => {
                 let ns = st
                     .nexuses
-                    .entry(nexus.clone())
+                    .entry(NexusKey(nexus.clone()))
                     .or_insert_with(NexusState::new);
                 self.merge_pr_uas(nexus, ns);
                 if ns.ua.is_empty() {
@@ -729,7 +763,7 @@ impl LogicalUnit for Disk {
         let mut st = self.lock();
         let ns = st
             .nexuses
-            .entry(nexus.clone())
+            .entry(NexusKey(nexus.clone()))
             .or_insert_with(NexusState::new);
         self.merge_pr_uas(nexus, ns);
         ns.ua.peek().copied()

@@ -7,8 +7,8 @@ use crate::nexus::PortName;
 use crate::sense::codes;
 
 use super::{
-    Ctx, Disk, Fail, Res, ECHO_BUFFER_CAPACITY, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES,
-    MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
+    Ctx, Disk, Fail, NexusKey, Res, ECHO_BUFFER_CAPACITY, MAX_COMPARE_AND_WRITE_BLOCKS,
+    MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
 };
 
 /// Version descriptors of standard INQUIRY data: SAM-5, SPC-4, SBC-3.
@@ -89,7 +89,7 @@ impl Disk {
         let ua = self
             .lock()
             .nexuses
-            .get_mut(ctx.nexus)
+            .get_mut(NexusKey::of(ctx.nexus))
             .and_then(|ns| ns.ua.pop());
         Ok(ua.unwrap_or(codes::NO_SENSE).encode(desc))
     }
@@ -256,7 +256,7 @@ impl Disk {
                 }
                 let st = self.lock();
                 st.nexuses
-                    .get(ctx.nexus)
+                    .get(NexusKey::of(ctx.nexus))
                     .and_then(|ns| ns.echo.clone())
                     .ok_or(Fail::Check(codes::COMMAND_SEQUENCE_ERROR))
             }
@@ -281,7 +281,7 @@ impl Disk {
         }
         let data = ctx.params()?;
         let mut st = self.lock();
-        if let Some(ns) = st.nexuses.get_mut(ctx.nexus) {
+        if let Some(ns) = st.nexuses.get_mut(NexusKey::of(ctx.nexus)) {
             ns.echo = Some(data);
         }
         Ok(Vec::new())
