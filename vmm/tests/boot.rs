@@ -142,3 +142,53 @@ fn bad_flags_give_one_line_errors() {
         assert!(out.stderr.contains(want), "{args:?}: {out:?}");
     }
 }
+
+#[test]
+fn pvh_passes_initrd_as_module_and_cmdline() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("pvh_passes_initrd_as_module_and_cmdline", &why);
+    }
+    let g = guests::path("modules");
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    // 10000 bytes: a text head, then a pattern.
+    let mut data = b"ARBITER-INITRD-0".to_vec();
+    data.extend((0..9984u32).map(|i| u8::try_from(i % 251).unwrap()));
+    std::fs::write(&initrd, &data).unwrap();
+    let hash = data
+        .iter()
+        .fold(0u32, |s, b| s.wrapping_mul(31).wrapping_add(u32::from(*b)));
+    let out = vm()
+        .args(["run", "--memory", "48M", "--kernel", g.to_str().unwrap()])
+        .args([
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "root=/dev/sda quiet",
+        ])
+        .run()
+        .unwrap();
+    assert_eq!(out.status, Some(33), "{out:?}");
+    assert!(
+        out.stdout.contains("cmdline: [root=/dev/sda quiet]"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("modules: 1"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("module 0: 10000 bytes, page aligned, starts [ARBITER-INITRD-0]"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(&format!("module 0: hash {hash:x}")),
+        "{out:?}"
+    );
+    let out = vm()
+        .args(["run", "--memory", "48M", "--kernel", g.to_str().unwrap()])
+        .run()
+        .unwrap();
+    assert!(
+        out.stdout.contains("modules: 0") && out.stdout.contains("cmdline: []"),
+        "{out:?}"
+    );
+}
