@@ -220,6 +220,10 @@ impl BlockBackend for FileBackend {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         if !self.opts.direct {
+            if let [one] = bufs {
+                // The common case, without allocating a slice list.
+                return self.pwritev_all(&mut [*one], offset, fua);
+            }
             let mut v: Vec<IoSlice<'_>> = bufs.to_vec();
             return self.pwritev_all(&mut v, offset, fua);
         }
