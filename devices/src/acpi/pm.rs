@@ -4,6 +4,8 @@
 //! (+8, 3.579545 MHz, 24 bits). SCI is IRQ 9, level, raised while an
 //! enabled status bit is set and SCI_EN is on. Writing SLP_EN with
 //! SLP_TYP 0 (the \_S5 value QEMU's tables use) powers the machine off.
+//! There is no SMM, so the FADT has no SMI command port and ACPI is always
+//! enabled: SCI_EN reads 1 from power-on and cannot be cleared.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -123,7 +125,7 @@ impl BusDevice for PmIo {
             2 => self.enable = (self.enable & !lanes) | (val & lanes),
             4 => {
                 let v = (self.control & !lanes) | (val & lanes);
-                self.control = v & !CNT_SLP_EN;
+                self.control = (v & !CNT_SLP_EN) | CNT_SCI_EN;
                 if v & CNT_SLP_EN != 0 {
                     let typ = (v >> 10) & 7;
                     if typ == 0 {
@@ -183,7 +185,7 @@ impl Piix4Pm {
         let io = Arc::new(Mutex::new(PmIo {
             status: 0,
             enable: 0,
-            control: 0,
+            control: CNT_SCI_EN,
             start: Instant::now(),
             sci,
             sci_level: false,
@@ -301,9 +303,15 @@ mod tests {
         pio.read(0xB008, &mut b);
         let d = u32::from_le_bytes(b).wrapping_sub(u32::from_le_bytes(a)) & 0xFF_FFFF;
         assert!(d >= 7000, "2 ms is >= 7159 ticks, got {d}");
-        // Power button with PWRBTN_EN and SCI_EN raises SCI; W1C lowers it.
+        // ACPI is always enabled: SCI_EN reads 1 and stays set.
+        let mut cnt = [0u8; 2];
+        pio.read(0xB004, &mut cnt);
+        assert_eq!(u16::from_le_bytes(cnt), CNT_SCI_EN);
+        pio.write(0xB004, &0u16.to_le_bytes());
+        pio.read(0xB004, &mut cnt);
+        assert_eq!(u16::from_le_bytes(cnt), CNT_SCI_EN);
+        // Power button with PWRBTN_EN raises SCI; W1C lowers it.
         pio.write(0xB002, &STS_PWRBTN.to_le_bytes());
-        pio.write(0xB004, &CNT_SCI_EN.to_le_bytes());
         pm.io().lock().unwrap().press_power_button();
         assert_eq!(*sci.0.lock().unwrap(), vec![true]);
         pio.write(0xB000, &STS_PWRBTN.to_le_bytes());
