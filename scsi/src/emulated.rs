@@ -71,6 +71,10 @@ pub trait LogicalUnit: Send + Sync + std::fmt::Debug {
     /// Establish a unit attention for every I_T nexus (e.g. REPORTED LUNS
     /// DATA HAS CHANGED).
     fn raise_unit_attention(&self, ua: Sense);
+
+    /// Clear pending unit attentions with this ASC/ASCQ for `nexus` (REPORT
+    /// LUNS clears REPORTED LUNS DATA HAS CHANGED). The default does nothing.
+    fn clear_unit_attention(&self, _nexus: &ItNexus, _asc: u8, _ascq: u8) {}
 }
 
 /// Why a LUN could not be added.
@@ -256,7 +260,17 @@ impl ScsiTarget for EmulatedTarget {
             Err(ParseError::TooShort { opcode, got, need }) => {
                 return Err(TransportError::CdbTooShort { opcode, got, need })
             }
-            Ok(c) if c.cmd() == Cmd::ReportLuns => return self.report_luns(&c, &mut data_in),
+            Ok(c) if c.cmd() == Cmd::ReportLuns => {
+                let r = self.report_luns(&c, &mut data_in)?;
+                if r.status == Status::Good {
+                    // SPC-4: REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED.
+                    let ua = codes::REPORTED_LUNS_DATA_CHANGED;
+                    for lu in self.map().values() {
+                        lu.clear_unit_attention(req.nexus, ua.asc, ua.ascq);
+                    }
+                }
+                return Ok(r);
+            }
             _ => {}
         }
         let map = self.map();

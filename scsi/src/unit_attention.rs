@@ -66,6 +66,11 @@ impl UaQueue {
         self.q.pop_front()
     }
 
+    /// Clear every pending condition with this ASC/ASCQ.
+    pub fn clear(&mut self, asc: u8, ascq: u8) {
+        self.q.retain(|s| (s.asc, s.ascq) != (asc, ascq));
+    }
+
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
         self.q.is_empty()

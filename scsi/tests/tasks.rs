@@ -223,6 +223,8 @@ fn tmf_misc() {
 #[test]
 fn hot_added_lun_raises_reported_luns_changed() {
     let r = Rig::ready();
+    let n2 = nexus(2);
+    r.clear_ua(&n2);
     let d2 = Arc::new(Disk::new(config(), Arc::new(scsi::MemBackend::new(4096)), None).unwrap());
     r.target.add_lun(1, d2).unwrap();
     r.cmd(&TUR, &[], 0).check(6, 0x3F, 0x0E);
@@ -230,8 +232,13 @@ fn hot_added_lun_raises_reported_luns_changed() {
     assert!(r.target.add_lun(1, r.disk.clone()).is_err());
     assert!(r.target.add_lun(16384, r.disk.clone()).is_err());
     assert!(r.target.remove_lun(1).is_some());
-    r.cmd(&TUR, &[], 0).check(6, 0x3F, 0x0E);
     assert!(!r.target.has_lun(1));
+    // REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED for the nexus.
+    let o = r.cmd(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], &[], 16);
+    assert_eq!(o.good(), &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    r.cmd(&TUR, &[], 0).good();
+    // Another nexus still has it.
+    run(&r.target, &n2, 0, &TUR, &[], 0).check(6, 0x3F, 0x0E);
 }
 
 #[test]

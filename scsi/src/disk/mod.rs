@@ -772,4 +772,10 @@ impl LogicalUnit for Disk {
     fn raise_unit_attention(&self, ua: Sense) {
         self.raise_ua_all(ua, None);
     }
+
+    fn clear_unit_attention(&self, nexus: &ItNexus, asc: u8, ascq: u8) {
+        if let Some(ns) = self.lock().nexuses.get_mut(NexusKey::of(nexus)) {
+            ns.ua.clear(asc, ascq);
+        }
+    }
 }
