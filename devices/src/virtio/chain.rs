@@ -1,7 +1,7 @@
 //! One pass over a descriptor chain: its shape is checked (at least one
 //! descriptor, device-readable ones before device-writable ones, the chain
 //! ends — no loop, no `next` outside the table) while its buffers are
-//! resolved to guest-memory slices, kept inline for chains of up to eight
+//! resolved to guest-memory slices, kept inline for chains of up to four
 //! segments. [`ChainReader`] and [`ChainWriter`] then move bytes straight
 //! between those slices and the caller (no bounce buffer).
 //!
@@ -12,12 +12,12 @@
 use std::io::{self, Read, Write};
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemory as _, Permissions, VolatileSlice};
+use vm_memory::{GuestMemoryBackend, Permissions, VolatileSlice};
 
 use super::GuestMemory;
 
 /// Segments kept inline before spilling to the heap.
-const INLINE: usize = 8;
+const INLINE: usize = 4;
 
 /// Why a chain cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +141,14 @@ impl<'a> Cursor<'a> {
 #[derive(Clone)]
 pub struct ChainReader<'a>(Cursor<'a>);
 
+/// A saved [`ChainWriter`] position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterPos {
+    idx: usize,
+    off: usize,
+    done: usize,
+}
+
 /// The device-writable part of a chain.
 #[derive(Clone)]
 pub struct ChainWriter<'a>(Cursor<'a>);
@@ -161,6 +169,28 @@ impl<'a> ChainWriter<'a> {
     /// Bytes written (or skipped) so far.
     pub fn bytes_written(&self) -> usize {
         self.0.done
+    }
+
+    /// Where the writer is now (to come back with [`Self::seek`]).
+    pub fn position(&self) -> WriterPos {
+        WriterPos {
+            idx: self.0.idx,
+            off: self.0.off,
+            done: self.0.done,
+        }
+    }
+
+    /// Go back (or forward) to a position taken with [`Self::position`].
+    pub fn seek(&mut self, p: WriterPos) {
+        self.0.idx = p.idx;
+        self.0.off = p.off;
+        self.0.done = p.done;
+    }
+
+    /// Move past `n` bytes without writing them; false if the chain is
+    /// shorter (the writer is then at its end).
+    pub fn skip(&mut self, n: usize) -> bool {
+        self.0.skip(n) == n
     }
 
     /// A writer for what follows the first `n` bytes (this one keeps
@@ -238,8 +268,13 @@ pub fn split_chain<'a>(
         if len == 0 {
             continue;
         }
-        let slices = mem
-            .get_slices(d.addr(), len, perm)
+        // Fast path: the buffer lies in one region (one lookup); else walk
+        // the regions it spans.
+        if let Ok(one) = GuestMemoryBackend::get_slice(mem, d.addr(), len) {
+            segs.push(one);
+            continue;
+        }
+        let slices = vm_memory::GuestMemory::get_slices(mem, d.addr(), len, perm)
             .map_err(|_| ChainShapeError::Memory)?;
         for s in slices {
             segs.push(s.map_err(|_| ChainShapeError::Memory)?);

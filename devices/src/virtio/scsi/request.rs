@@ -233,7 +233,12 @@ impl RequestProcessor {
         reader
             .read_exact(&mut hdr[..hdr_len])
             .map_err(|_| ChainError::Memory)?;
-        let mut data_in = writer.split_off(resp_len).ok_or(ChainError::Memory)?;
+        // The response goes first in the writable buffers, data-in after it:
+        // skip the response area, let the target write data-in, come back.
+        let resp_pos = writer.position();
+        if !writer.skip(resp_len) {
+            return Err(ChainError::Memory);
+        }
         let mut lun = [0u8; 8];
         lun.copy_from_slice(&hdr[0..8]);
         let mut tag = [0u8; 8];
@@ -249,7 +254,7 @@ impl RequestProcessor {
                 ..Default::default()
             },
             Some((slot, lun)) => {
-                let din_cap = data_in.available_bytes();
+                let din_cap = writer.available_bytes();
                 let dout_cap = reader.available_bytes();
                 let req = Request {
                     nexus: &slot.nexus,
@@ -265,7 +270,7 @@ impl RequestProcessor {
                         len: dout_cap,
                     },
                     DataIn {
-                        writer: &mut data_in,
+                        writer: &mut writer,
                         len: din_cap,
                     },
                 );
@@ -294,11 +299,13 @@ impl RequestProcessor {
                 }
             }
         };
+        let used = writer.bytes_written();
+        writer.seek(resp_pos);
         writer
             .write_all(&resp.encode())
             .and_then(|()| writer.write_all(sense_out))
             .map_err(|_| ChainError::Memory)?;
-        Ok(sat_u32(resp_len + data_in.bytes_written()))
+        Ok(sat_u32(used))
     }
 }
 
@@ -323,21 +330,44 @@ pub(crate) fn drain_queue<'m>(
             .disable_notification(mem)
             .map_err(|e| fail(ChainError::Queue(e.to_string()), irq))?;
         loop {
-            let chain = match queue.iter(mem) {
-                Ok(mut it) => it.next(),
-                Err(e) => return Err(fail(ChainError::Queue(e.to_string()), irq)),
-            };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            let result = f(chain);
-            let len = *result.as_ref().unwrap_or(&0);
-            queue
-                .add_used(mem, head, len)
-                .map_err(|e| fail(ChainError::Queue(e.to_string()), irq))?;
-            used_any = true;
-            if let Err(e) = result {
+            // Take up to CHUNK chains from one read of the avail index, then
+            // publish their used entries.
+            const CHUNK: usize = 16;
+            let mut done = [(0u16, 0u32); CHUNK];
+            let mut n = 0;
+            let mut failed = None;
+            {
+                let mut it = queue
+                    .iter(mem)
+                    .map_err(|e| fail(ChainError::Queue(e.to_string()), irq))?;
+                while n < CHUNK {
+                    let Some(chain) = it.next() else { break };
+                    let head = chain.head_index();
+                    match f(chain) {
+                        Ok(len) => done[n] = (head, len),
+                        Err(e) => {
+                            done[n] = (head, 0);
+                            failed = Some(e);
+                        }
+                    }
+                    n += 1;
+                    if failed.is_some() {
+                        break;
+                    }
+                }
+            }
+            for &(head, len) in &done[..n] {
+                queue
+                    .add_used(mem, head, len)
+                    .map_err(|e| fail(ChainError::Queue(e.to_string()), irq))?;
+                used_any = true;
+            }
+            if let Some(e) = failed {
                 irq.trigger(InterruptType::Queue(index));
                 return Err(fail(e, irq));
+            }
+            if n < CHUNK {
+                break;
             }
         }
         match queue.enable_notification(mem) {
