@@ -402,7 +402,8 @@ mod tests {
     #[test]
     fn shape_errors() {
         let m = mem();
-        let cases: [(&[(u64, u32, u16)], ChainShapeError); 3] = [
+        type Descs<'a> = &'a [(u64, u32, u16)];
+        let cases: [(Descs<'_>, ChainShapeError); 3] = [
             (&[(0x400, 8, W), (0x500, 8, 0)], ChainShapeError::Order),
             (&[(0x1_FFF8, 16, 0)], ChainShapeError::Memory),
             (
