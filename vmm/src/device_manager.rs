@@ -280,8 +280,17 @@ impl DeviceManager {
         let irq = self
             .intx
             .routed_irq(IntxRouter::pirq_index(slot, pin))
+            .and_then(|g| u8::try_from(g).ok())
             .unwrap_or(0xFF);
         (self.intx.line(slot, pin), irq)
+    }
+
+    /// Send PCI INTx for PIRQ A-D straight to these IOAPIC GSIs instead of
+    /// through the PIIX3 route registers (use with ACPI tables whose `_PRT`
+    /// names GSIs, e.g. 16-19). Call before adding devices so their
+    /// interrupt line registers and the MP table agree.
+    pub fn set_intx_direct_gsis(&self, gsis: [u32; 4]) {
+        self.intx.set_direct_gsis(gsis);
     }
 
     /// INTx wiring of the PCI functions in slots 2-31 for the MP table.
@@ -294,6 +303,7 @@ impl DeviceManager {
         pins.into_iter()
             .filter_map(|(slot, pin)| {
                 let irq = self.intx.routed_irq(IntxRouter::pirq_index(slot, pin))?;
+                let irq = u8::try_from(irq).ok()?;
                 Some(crate::arch::x86_64::mptable::PciIntx { slot, pin, irq })
             })
             .collect()

@@ -4,6 +4,11 @@
 //! PIIX3's route register 0x60 + n picks the ISA IRQ (bits 3:0, bit 7 =
 //! disabled). INTx is level-triggered and active-high towards the
 //! in-kernel IOAPIC (as QEMU's tables declare it).
+//!
+//! Alternatively ([`IntxRouter::set_direct_gsis`]) PIRQ n goes straight to
+//! a fixed IOAPIC input (e.g. GSIs 16-19), for ACPI tables whose `_PRT`
+//! names GSIs instead of PIRQ link devices; the route registers are then
+//! ignored.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +100,7 @@ impl PciDevice for Piix3IsaBridge {
 #[derive(Clone)]
 pub struct IntxRouter {
     routes: Arc<AtomicU32>,
+    direct: Arc<Mutex<Option<[u32; 4]>>>,
     irqs: Arc<dyn InterruptManager>,
 }
 
@@ -107,7 +113,17 @@ impl std::fmt::Debug for IntxRouter {
 impl IntxRouter {
     /// Routes from the PIIX3's registers to `irqs`' lines.
     pub fn new(routes: Arc<AtomicU32>, irqs: Arc<dyn InterruptManager>) -> Self {
-        IntxRouter { routes, irqs }
+        IntxRouter {
+            routes,
+            direct: Arc::new(Mutex::new(None)),
+            irqs,
+        }
+    }
+
+    /// Route PIRQ A-D straight to these GSIs from now on (all lines of
+    /// this router and its clones).
+    pub fn set_direct_gsis(&self, gsis: [u32; 4]) {
+        *self.direct.lock().unwrap_or_else(|e| e.into_inner()) = Some(gsis);
     }
 
     /// PIRQ index for slot `slot`, pin `pin` (1..=4).
@@ -115,10 +131,14 @@ impl IntxRouter {
         (slot + pin.saturating_sub(1)) & 3
     }
 
-    /// The ISA IRQ PIRQ `n` routes to now, if enabled.
-    pub fn routed_irq(&self, n: u8) -> Option<u8> {
+    /// The GSI PIRQ `n` reaches now: the ISA IRQ its route register
+    /// names (if enabled), or the fixed GSI in direct mode.
+    pub fn routed_irq(&self, n: u8) -> Option<u32> {
+        if let Some(g) = *self.direct.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Some(g[usize::from(n & 3)]);
+        }
         let r = self.routes.load(Ordering::SeqCst).to_le_bytes()[usize::from(n & 3)];
-        (r & 0x80 == 0 && r & 0x0F >= 3).then_some(r & 0x0F)
+        (r & 0x80 == 0 && r & 0x0F >= 3).then_some(u32::from(r & 0x0F))
     }
 
     /// The line for `slot`/`pin`.
@@ -135,8 +155,8 @@ impl IntxRouter {
 pub struct IntxLine {
     router: IntxRouter,
     pirq: u8,
-    /// The IRQ we drove high (so deassertion reaches it even if re-routed).
-    asserted_on: Mutex<Option<u8>>,
+    /// The GSI we drove high (so deassertion reaches it even if re-routed).
+    asserted_on: Mutex<Option<u32>>,
 }
 
 impl std::fmt::Debug for IntxLine {
@@ -160,11 +180,11 @@ impl InterruptLine for IntxLine {
                 return Ok(());
             }
             if let Some(irq) = self.router.routed_irq(self.pirq) {
-                self.router.irqs.line(u32::from(irq))?.set_level(true)?;
+                self.router.irqs.line(irq)?.set_level(true)?;
                 *on = Some(irq);
             }
         } else if let Some(irq) = on.take() {
-            self.router.irqs.line(u32::from(irq))?.set_level(false)?;
+            self.router.irqs.line(irq)?.set_level(false)?;
         }
         Ok(())
     }
@@ -225,5 +245,12 @@ mod tests {
         l.set_level(true).unwrap();
         assert_eq!(lines.0.lock().unwrap().len(), n);
         assert_eq!(IntxRouter::pirq_index(3, 2), 0);
+        // Direct mode: PIRQC -> GSI 18 whatever the registers say.
+        router.set_direct_gsis([16, 17, 18, 19]);
+        let n = lines.0.lock().unwrap().len();
+        l.set_level(true).unwrap();
+        l.set_level(false).unwrap();
+        assert_eq!(lines.0.lock().unwrap()[n..], [(18, true), (18, false)]);
+        assert_eq!(router.routed_irq(0), Some(16));
     }
 }
