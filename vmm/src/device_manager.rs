@@ -114,6 +114,11 @@ impl DeviceManager {
             1,
         )?;
         pio.insert(shared(DebugPort::post_codes()), 0x80, 1)?;
+        pio.insert(
+            shared(devices::acpi::pm::Gpe0::default()),
+            devices::acpi::pm::GPE0_BASE,
+            devices::acpi::pm::GPE0_LEN,
+        )?;
         pio.insert(shared(DebugPort::console(None)), 0x402, 1)?;
 
         let mut root = PciRoot::new(pio.clone(), mmio.clone(), exit.clone());

@@ -331,3 +331,64 @@ mod tests {
         assert!(pio.resolve(0x63F).is_some());
     }
 }
+
+/// QEMU "pc" GPE0 block address (status at +0, enable at +2).
+pub const GPE0_BASE: u64 = 0xAFE0;
+/// GPE0 block length.
+pub const GPE0_LEN: u64 = 4;
+
+/// The general-purpose event block the FADT points at. No event sources
+/// are wired yet (no hotplug), so status bits never set; enable bits are
+/// kept so the OS reads back what it wrote (unbacked ports would read
+/// all-ones: every GPE "enabled and pending").
+#[derive(Debug, Default)]
+pub struct Gpe0 {
+    status: [u8; 2],
+    enable: [u8; 2],
+}
+
+impl BusDevice for Gpe0 {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        let regs = [
+            self.status[0],
+            self.status[1],
+            self.enable[0],
+            self.enable[1],
+        ];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| regs.get(o + i))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        for (i, v) in data.iter().enumerate() {
+            match usize::try_from(offset).ok().map(|o| o + i) {
+                Some(o @ 0..=1) => self.status[o] &= !v,
+                Some(o @ 2..=3) => self.enable[o - 2] = *v,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod gpe_tests {
+    use super::*;
+
+    #[test]
+    fn gpe0_enable_kept_status_clear() {
+        let mut g = Gpe0::default();
+        g.write(GPE0_BASE, 2, &[0xFF, 0x01]);
+        let mut d = [0xAAu8; 4];
+        g.read(GPE0_BASE, 0, &mut d);
+        assert_eq!(d, [0, 0, 0xFF, 0x01]);
+        g.write(GPE0_BASE, 0, &[0xFF, 0xFF]);
+        let mut e = [0u8; 8];
+        g.read(GPE0_BASE, 0, &mut e);
+        assert_eq!(e, [0, 0, 0xFF, 0x01, 0, 0, 0, 0]);
+    }
+}
