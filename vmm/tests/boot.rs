@@ -144,6 +144,23 @@ fn bad_flags_give_one_line_errors() {
 }
 
 #[test]
+fn unknown_flags_give_one_line_errors() {
+    for args in [
+        vec!["run", "--memroy", "1G"],
+        vec!["frobnicate"],
+        vec!["run", "--cpus"],
+    ] {
+        let out = vm().args(args.clone()).run().unwrap();
+        assert_eq!(out.status, Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:?}");
+        assert!(out.stderr.starts_with("arbiter: "), "{args:?}: {out:?}");
+    }
+    let out = vm().args(["run", "--help"]).run().unwrap();
+    assert_eq!(out.status, Some(0));
+    assert!(out.stdout.contains("--kernel"), "{out:?}");
+}
+
+#[test]
 fn pvh_passes_initrd_as_module_and_cmdline() {
     if let Err(why) = kvm::available() {
         return kvm::skip("pvh_passes_initrd_as_module_and_cmdline", &why);
