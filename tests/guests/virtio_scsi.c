@@ -363,6 +363,13 @@ u32 guest_main(struct hvm_start_info *si)
 	CHECK(rsp->status == 0);
 	check_bytes(in, out, 1024, "write/read back");
 	printf("write: lba 5-6 written and read back\n");
+	/* MSI-X is off: completions raise INTx and set ISR bit 0, read-to-clear. */
+	u8 isr_v = mmio_read8(isr);
+	CHECK(isr_v & 1);
+	CHECK(mmio_read8(isr) == 0);
+	u8 line = pci_read8(dev, 0, 0x3c);
+	CHECK(line != 0 && line != 0xff && pci_read8(dev, 0, 0x3d) == 1);
+	printf("isr: queue bit set, cleared on read; INTA# irq %u\n", line);
 
 	/* REPORT LUNS. */
 	u8 rl[12] = {0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0};

@@ -484,7 +484,14 @@ pub fn add_controllers(
             Some(Arc::new(Registrar(dm.ioevents()))),
         )
         .map_err(|e| cerr(e.to_string()))?;
-        let addr = dm.add_pci_device(Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        let addr = dm.add_pci_device(transport.clone())?;
+        // INTA# through the PIIX3 PIRQ routes, for drivers without MSI-X.
+        let (line, irq) = dm.intx_line(addr.device, 1);
+        transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_intx(line, irq);
         log::info!(
             "virtio-scsi controller {} at 00:{:02x}.{} with {} disk(s)",
             c.controller,

@@ -61,6 +61,7 @@ fn guest_driver_runs_scsi_commands_on_two_luns() {
         "capacity: lun 0 2048 x 512, lun 3 1024 x 512",
         "read: lun 0 lba 9-10 and lun 3 match the host's data",
         "write: lba 5-6 written and read back",
+        "isr: queue bit set, cleared on read; INTA# irq ",
         "report luns: 0 and 3",
         "missing lun: pq 3 and 5/25/00; missing target: BAD_TARGET",
         "tmf: lu reset complete, query task complete, bad target, incorrect lun",

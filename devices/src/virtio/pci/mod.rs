@@ -137,7 +137,7 @@ struct QueueRegs {
 /// workers (through [`PciInterrupt`]).
 struct Shared {
     msix: Mutex<MsixConfig>,
-    intx: Option<Arc<dyn InterruptLine>>,
+    intx: Mutex<Option<Arc<dyn InterruptLine>>>,
     isr: AtomicU8,
     status: AtomicU8,
     config_vector: AtomicU16,
@@ -183,7 +183,8 @@ impl Shared {
             InterruptType::Queue(_) => 1,
         };
         self.isr.fetch_or(bit, Ordering::AcqRel);
-        if let Some(line) = &self.intx {
+        let line = self.intx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(line) = line {
             if let Err(e) = line.set_level(true) {
                 warn!("virtio-pci: INTx: {e}");
             }
@@ -191,7 +192,8 @@ impl Shared {
     }
 
     fn lower_intx(&self) {
-        if let Some(line) = &self.intx {
+        let line = self.intx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(line) = line {
             if let Err(e) = line.set_level(false) {
                 warn!("virtio-pci: INTx: {e}");
             }
@@ -391,7 +393,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         )?;
         let shared = Arc::new(Shared {
             msix: Mutex::new(msix),
-            intx,
+            intx: Mutex::new(intx),
             isr: AtomicU8::new(0),
             status: AtomicU8::new(0),
             config_vector: AtomicU16::new(NO_VECTOR),
@@ -430,6 +432,13 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             }
         }
         Ok(())
+    }
+
+    /// Wire INTA# to `line` (once the function's slot, hence its PIRQ, is
+    /// known) and report `irq` in the interrupt line register.
+    pub fn set_intx(&mut self, line: Arc<dyn InterruptLine>, irq: u8) {
+        *self.shared.intx.lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
+        self.config.set_interrupt(1, irq);
     }
 
     /// Capability offsets in configuration space.
