@@ -434,6 +434,63 @@ fn vm_line(vm: &Vm) -> String {
     l
 }
 
+/// The persistent-reservation sequence of `tests/lab/guest/scripts/pr.sh`,
+/// in order: each step's result name and the sg3-utils exit status it must
+/// give (0 GOOD, 6 UNIT ATTENTION, 24 RESERVATION CONFLICT). Node A holds key
+/// 0xa, node B key 0xb; type 5 is Write Exclusive - Registrants Only. Checked
+/// against Linux's LIO target by `lab_reference_pr_sequence_against_linux_lio`.
+pub const PR_STEPS: &[(&str, &str)] = &[
+    ("pr_a_register", "0"),
+    ("pr_a_reserve_wero", "0"),
+    ("pr_b_sees_reservation", "0"),
+    ("pr_b_write_unregistered_conflict", "24"),
+    ("pr_b_read_allowed", "0"),
+    ("pr_b_register", "0"),
+    ("pr_b_write_as_registrant", "0"),
+    ("pr_b_read_keys", "0"),
+    ("pr_b_preempt_a", "0"),
+    ("pr_b_holds_reservation", "0"),
+    ("pr_a_unit_attention_registrations_preempted", "6"),
+    ("pr_a_ready_after_unit_attention", "0"),
+    ("pr_a_write_after_preempt_conflict", "24"),
+    ("pr_a_read_keys_only_b", "0"),
+    ("pr_b_clear", "0"),
+    ("pr_a_no_keys_after_clear", "0"),
+    ("pr_a_no_reservation_after_clear", "0"),
+    ("pr_a_write_after_clear", "0"),
+];
+
+impl VmReport {
+    /// Panic unless the guest reported exactly the [`PR_STEPS`], each passed
+    /// with its expected exit status.
+    pub fn assert_pr_sequence(&self, log: &Path) {
+        let got: Vec<&str> = self
+            .results
+            .iter()
+            .filter(|r| r.name.starts_with("pr_"))
+            .map(|r| r.name.as_str())
+            .collect();
+        let want: Vec<&str> = PR_STEPS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            got,
+            want,
+            "{}: PR steps (log: {})",
+            self.name,
+            log.display()
+        );
+        for (step, rc) in PR_STEPS {
+            let r = self.result(step).unwrap_or_else(|| unreachable!());
+            assert_eq!(
+                (r.status.as_str(), r.fields.get("rc").map(String::as_str)),
+                ("pass", Some(*rc)),
+                "{}: {step}: {r:?} (log: {})",
+                self.name,
+                log.display()
+            );
+        }
+    }
+}
+
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

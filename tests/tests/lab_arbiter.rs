@@ -106,10 +106,7 @@ fn field(vm: &VmReport, check: &str, key: &str) -> f64 {
 /// 4 KiB QD1 IOPS; the same guest under QEMU in the same place gives the
 /// peer numbers, printed as ratios.
 ///
-/// Written against the peer-validated guest scripts and arbiter's documented
-/// `--scsi`/`--scsi-disk` syntax; not yet run against arbiter.
 #[test]
-#[ignore = "needs arbiter's Linux boot (ACPI/MP tables) and --scsi in arbiter run; run with --ignored"]
 fn lab_compare_arbiter_with_qemu_linux_on_virtio_scsi() {
     let scenario = Scenario::new("compare_linux_virtio_scsi")
         .disk("qdisk", 64)
@@ -164,11 +161,9 @@ fn lab_compare_arbiter_with_qemu_linux_on_virtio_scsi() {
 /// (two initiator ports: two I_T nexuses on one LU), and the guest runs the
 /// persistent-reservation sequence that `lab_reference_pr_sequence_against_linux_lio`
 /// checks against Linux's LIO, expecting the same statuses.
-///
-/// Not yet run against arbiter (QEMU's scsi-hd has no PR: the same guest
-/// script fails there with INVALID OPCODE, as it should).
+/// (QEMU's scsi-hd has no PR: the same guest script fails there with INVALID
+/// OPCODE, as it should.)
 #[test]
-#[ignore = "needs arbiter's Linux boot (ACPI/MP tables) and --scsi in arbiter run; run with --ignored"]
 fn lab_arbiter_pr_sequence_through_two_initiator_ports() {
     let shared = DiskOpts {
         shared: true,
@@ -192,14 +187,7 @@ fn lab_arbiter_pr_sequence_through_two_initiator_ports() {
     report.assert_passed();
     let vm = report.vm("node");
     assert_checks(&report, vm, &["two_paths_one_lu"]);
-    let steps: Vec<&str> = vm
-        .results
-        .iter()
-        .filter(|r| r.name.starts_with("pr_"))
-        .map(|r| r.name.as_str())
-        .collect();
-    assert_eq!(steps.len(), 18, "PR steps reported: {steps:?}");
-    assert_checks(&report, vm, &steps);
+    vm.assert_pr_sequence(&report.log);
 }
 
 /// Scenario 2 with arbiter: OVMF to the UEFI shell, OVMF booting the Linux
