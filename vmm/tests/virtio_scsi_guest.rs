@@ -362,3 +362,35 @@ fn two_vms_arbitrate_one_shared_disk() {
     assert!(img[512..1024].iter().all(|&x| x == 0xB1));
     assert!(img[1024..1536].iter().all(|&x| x == 0xA2));
 }
+
+/// The node TOML carries the same `scsi` / `scsi-disk` specs as the flags.
+#[test]
+fn scsi_specs_from_the_node_toml() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("scsi_specs_from_the_node_toml", &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    disk_a(&a);
+    std::fs::write(&b, vec![0x5Bu8; 512 << 10]).unwrap();
+    let toml = dir.path().join("node.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "memory = \"64M\"\nkernel = \"{}\"\nscsi = [\"controller=0,queues=1\"]\n\
+             scsi-disk = [\n  \"path={},controller=0,target=0,lun=0,serial=ARBSER01\",\n  \
+             \"path={},controller=0,target=0,lun=3\",\n]\n",
+            guests::path("virtio_scsi").display(),
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let out = VmRun::new(ARBITER)
+        .args(["run", "--config", toml.to_str().unwrap()])
+        .run()
+        .unwrap();
+    assert!(out.stdout.contains("report luns: 0 and 3"), "{out:?}");
+    assert!(out.stdout.contains("GUEST PASS"), "{out:?}");
+    assert_eq!(out.status, Some(33), "{out:?}");
+}
