@@ -1,4 +1,26 @@
 //! The emulated disk logical unit (SPC-4 + SBC-4 over a [`BlockBackend`]).
+//!
+//! Command path (one call = one command, from any request-queue thread):
+//! 1. the CDB is looked up in [`crate::cdb::OPCODES`] (length, service
+//!    action); a short CDB is a transport error;
+//! 2. the I_T nexus is registered (a new one starts with 6/29/00) and the
+//!    reservation state's unit attentions are merged in; unless the command
+//!    is INQUIRY, REPORT LUNS or REQUEST SENSE, a pending unit attention is
+//!    reported (and cleared) instead of executing it; the tag joins the
+//!    task set (a tag already outstanding: 0B/4E/00);
+//! 3. unsupported commands (UNMAP without discard, PR without a reservation
+//!    state) get 5/20/00; reserved CDB bits 5/24/00 with a field pointer;
+//! 4. [`Reservations::conflicts`] with the command's `PrAccess`: RESERVATION
+//!    CONFLICT, no sense;
+//! 5. the handler runs; data-in is truncated once to ALLOCATION LENGTH and
+//!    the initiator's buffer; sense uses descriptor format when D_SENSE is
+//!    set in the control mode page;
+//! 6. the tag leaves the task set; a command aborted meanwhile (ABORT TASK,
+//!    ABORT TASK SET, CLEAR TASK SET, LU reset, I_T nexus reset) answers
+//!    `Status::TaskAborted` with no data, and the TMF returns once it has.
+//!
+//! Medium I/O is positional and lock-free except for COMPARE AND WRITE,
+//! which excludes the LU's other writes while it compares and writes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
