@@ -394,3 +394,41 @@ fn scsi_specs_from_the_node_toml() {
     assert!(out.stdout.contains("GUEST PASS"), "{out:?}");
     assert_eq!(out.status, Some(33), "{out:?}");
 }
+
+/// Two request queues with MSI-X: one vector per queue, both queues busy
+/// at once, a masked vector left pending and delivered on unmask.
+#[test]
+fn two_request_queues_with_msix_vectors() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("two_request_queues_with_msix_vectors", &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.img");
+    disk_a(&a);
+    let g = guests::path("virtio_scsi_mq");
+    let out = VmRun::new(ARBITER)
+        .args([
+            "run".to_string(),
+            "--memory".into(),
+            "64M".into(),
+            "--scsi".into(),
+            "controller=0,queues=2".into(),
+            "--scsi-disk".into(),
+            format!("path={},controller=0,target=0,lun=0", a.display()),
+            "--kernel".into(),
+            g.to_str().unwrap().into(),
+        ])
+        .run()
+        .unwrap();
+    assert!(!out.timed_out, "{out:?}");
+    for line in [
+        "msix: 5 vectors, 2 request queues",
+        "queue 0 -> vector 0x53, queue 1 -> vector 0x54",
+        "both queues served: lba 10 on queue 0, lba 11 on queue 1",
+        "masked vector 0x54 pending, delivered on unmask",
+        "GUEST PASS",
+    ] {
+        assert!(out.stdout.contains(line), "missing {line:?}: {out:?}");
+    }
+    assert_eq!(out.status, Some(33), "{out:?}");
+}

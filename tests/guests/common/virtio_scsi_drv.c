@@ -10,7 +10,9 @@
 #define C_GF 0x0c
 #define C_STATUS 0x14
 #define C_QSEL 0x16
+#define C_MSIX 0x10
 #define C_QSIZE 0x18
+#define C_QMSIX 0x1a
 #define C_QENABLE 0x1c
 #define C_QNOFF 0x1e
 #define C_QDESC 0x20
@@ -67,6 +69,14 @@ static u32 vq_wait(struct vscsi_vq *q)
 
 void vscsi_init(struct vscsi *s, u8 dev, u32 driver_features_lo)
 {
+	vscsi_init_ex(s, dev, driver_features_lo, 1, NULL);
+}
+
+void vscsi_init_ex(struct vscsi *s, u8 dev, u32 driver_features_lo, u16 nreq,
+		   const u16 *vectors)
+{
+	CHECK(nreq >= 1 && nreq + 2 <= VSCSI_MAXQ);
+	s->nq = (u16)(nreq + 2);
 	s->dev = dev;
 	s->tag = 1;
 	pci_write16(dev, 0, 0x04, 0x0006);
@@ -100,7 +110,11 @@ void vscsi_init(struct vscsi *s, u8 dev, u32 driver_features_lo)
 	mmio_write32(s->common + C_GF, 1);
 	mmio_write8(s->common + C_STATUS, 0x0b);
 	CHECK(mmio_read8(s->common + C_STATUS) == 0x0b);
-	for (u16 i = 0; i < 3; i++) {
+	if (vectors) {
+		mmio_write16(s->common + C_MSIX, vectors[0]);
+		CHECK(mmio_read16(s->common + C_MSIX) == vectors[0]);
+	}
+	for (u16 i = 0; i < s->nq; i++) {
 		struct vscsi_vq *q = &s->q[i];
 		q->index = i;
 		q->avail_idx = 0;
@@ -113,6 +127,10 @@ void vscsi_init(struct vscsi *s, u8 dev, u32 driver_features_lo)
 		CHECK(mmio_read16(s->common + C_QSIZE) >= VSCSI_QSZ);
 		mmio_write16(s->common + C_QSIZE, VSCSI_QSZ);
 		q->notify_off = mmio_read16(s->common + C_QNOFF);
+		if (vectors) {
+			mmio_write16(s->common + C_QMSIX, vectors[1 + i]);
+			CHECK(mmio_read16(s->common + C_QMSIX) == vectors[1 + i]);
+		}
 		mmio_write64(s->common + C_QDESC, (u64)s->rings[i][0]);
 		mmio_write64(s->common + C_QDRIVER, (u64)s->rings[i][1]);
 		mmio_write64(s->common + C_QDEVICE, (u64)s->rings[i][2]);
@@ -208,4 +226,32 @@ int vscsi_event(struct vscsi *s, u32 *event, u8 *lun, u32 *reason, long spins)
 		cpu_relax();
 	}
 	return 0;
+}
+
+void vscsi_post_cmd(struct vscsi *s, u16 rq, struct vscsi_resp *resp, u8 *req, u8 target,
+		    u16 lun, const u8 *cdb, u32 cdb_len, u8 *in, u32 in_len)
+{
+	memset(req, 0, 51);
+	req[0] = 1;
+	req[1] = target;
+	req[2] = (u8)(lun >> 8);
+	req[3] = (u8)lun;
+	u32 t = s->tag++;
+	memcpy(req + 8, &t, 4);
+	memcpy(req + 19, cdb, cdb_len);
+	memset(resp, 0xee, sizeof(*resp));
+	u64 a[3] = {(u64)req, (u64)resp, (u64)in};
+	u32 l[3] = {51, sizeof(*resp), in_len};
+	u16 f[3] = {0, F_WRITE, F_WRITE};
+	vq_post(s, &s->q[2 + rq], a, l, f, in_len ? 3 : 2, 0);
+}
+
+void vscsi_kick_rq(struct vscsi *s, u16 rq)
+{
+	vq_kick(s, &s->q[2 + rq]);
+}
+
+u16 vscsi_used(struct vscsi *s, u16 rq)
+{
+	return (u16)(s->q[2 + rq].used[0] >> 16);
 }

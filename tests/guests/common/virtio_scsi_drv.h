@@ -9,6 +9,7 @@
 #include "guest.h"
 
 #define VSCSI_QSZ 16
+#define VSCSI_MAXQ 4 /* control, event and up to two request queues */
 
 struct vscsi_vq {
 	u16 index;
@@ -35,9 +36,10 @@ struct vscsi {
 	u64 common, notify, isr, devcfg;
 	u32 notify_mult;
 	u32 tag;
-	struct vscsi_vq q[3];
-	/* 3 queues x (descriptors, avail, used), one page each. */
-	u8 rings[3][3][4096] __attribute__((aligned(4096)));
+	u16 nq;
+	struct vscsi_vq q[VSCSI_MAXQ];
+	/* queues x (descriptors, avail, used), one page each. */
+	u8 rings[VSCSI_MAXQ][3][4096] __attribute__((aligned(4096)));
 	u8 req[64] __attribute__((aligned(64)));
 	u8 ev[4][16];
 	struct vscsi_resp resp;
@@ -48,6 +50,18 @@ int vscsi_find(u8 *slots, int max);
 /* Reset, negotiate VERSION_1 (+ driver_features_lo), set up the queues,
  * post 4 event buffers, DRIVER_OK. CHECK-fails on any deviation. */
 void vscsi_init(struct vscsi *s, u8 dev, u32 driver_features_lo);
+/* Same with `nreq` request queues (1 or 2) and, if `vectors` is not NULL,
+ * MSI-X vectors: vectors[0] for configuration changes, vectors[1 + i] for
+ * queue i (written before the queues are enabled). */
+void vscsi_init_ex(struct vscsi *s, u8 dev, u32 driver_features_lo, u16 nreq,
+		   const u16 *vectors);
+/* Post one command on request queue `rq` (0-based) without waiting. */
+void vscsi_post_cmd(struct vscsi *s, u16 rq, struct vscsi_resp *resp, u8 *req, u8 target,
+		    u16 lun, const u8 *cdb, u32 cdb_len, u8 *in, u32 in_len);
+/* Ring request queue `rq`'s doorbell. */
+void vscsi_kick_rq(struct vscsi *s, u16 rq);
+/* Used entries seen so far on request queue `rq` (polls once). */
+u16 vscsi_used(struct vscsi *s, u16 rq);
 /* One command; returns the used length. The response is in s->resp. */
 u32 vscsi_cmd(struct vscsi *s, u8 target, u16 lun, const u8 *cdb, u32 cdb_len, const u8 *out,
 	      u32 out_len, u8 *in, u32 in_len);
