@@ -1099,3 +1099,51 @@ fn end_to_end_through_the_pci_transport_with_workers() {
     assert_eq!(t3.commands.lock().unwrap().len(), 1);
     assert_eq!(t.device().controller().acked_features(), 0);
 }
+
+/// OVMF's VirtioScsiDxe negotiates VERSION_1 only, enables the first
+/// request queue alone (no control, no event queue), writes cdb_size and
+/// sense_size, sets DRIVER_OK and polls the used ring: the device must go
+/// live and serve it.
+#[test]
+fn request_queue_alone_as_ovmf_drives_it() {
+    let s = setup();
+    let t3 = s.t3.clone();
+    let mem = memory();
+    let msi = RecordingMsi::new(5);
+    let mut t = VirtioPciTransport::new(s.dev, mem.clone(), 0xE000_0000, msi, None, None).unwrap();
+    let mut req = Ring::new(&mem, 0x2000, 0x28_0000);
+    let w = |t: &mut VirtioPciTransport<VirtioScsi>, off: u64, v: &[u8]| t.bar_write(off, v);
+    let status = |t: &mut VirtioPciTransport<VirtioScsi>| {
+        let mut b = [0u8];
+        t.bar_read(0x14, &mut b);
+        b[0]
+    };
+    w(&mut t, 0x14, &[0]);
+    w(&mut t, 0x14, &[1]);
+    w(&mut t, 0x14, &[3]);
+    w(&mut t, 0x08, &1u32.to_le_bytes());
+    w(&mut t, 0x0C, &1u32.to_le_bytes()); // VERSION_1 only
+    w(&mut t, 0x14, &[0x0B]);
+    assert_eq!(status(&mut t), 0x0B);
+    w(&mut t, 0x16, &2u16.to_le_bytes());
+    w(&mut t, 0x18, &QSIZE.to_le_bytes());
+    w(&mut t, 0x20, &req.vq.desc_table_addr().0.to_le_bytes());
+    w(&mut t, 0x28, &req.vq.avail_addr().0.to_le_bytes());
+    w(&mut t, 0x30, &req.vq.used_addr().0.to_le_bytes());
+    w(&mut t, 0x1C, &1u16.to_le_bytes());
+    w(&mut t, 0x2000 + 24, &32u32.to_le_bytes()); // cdb_size
+    w(&mut t, 0x2000 + 20, &96u32.to_le_bytes()); // sense_size
+    w(&mut t, 0x14, &[0x0F]);
+    assert_eq!(status(&mut t), 0x0F, "live, no NEEDS_RESET");
+    let hdr = req_header([1, 3, 0, 5, 0, 0, 0, 0], 1, 0, &read10(2, 1), 32);
+    let (_, outs) = req.push(&[Part::In(&hdr), Part::Out(108), Part::Out(512)]);
+    w(&mut t, 0x3008, &2u16.to_le_bytes());
+    wait_until("request queue 2", || req.used_idx() == 1);
+    assert_eq!(req.read(outs[0] + 10, 2), vec![0, 0], "GOOD, OK");
+    assert_eq!(req.read(outs[1], 512), expected_block(3, 5, 2));
+    assert_eq!(t3.commands.lock().unwrap().len(), 1);
+    // Hot-plug with no event queue is harmless.
+    t.device().controller().hot_add_lun(3, 6).unwrap();
+    w(&mut t, 0x14, &[0]);
+    assert_eq!(status(&mut t), 0);
+}

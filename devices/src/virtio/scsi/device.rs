@@ -203,34 +203,53 @@ fn request_worker(
     }
 }
 
+/// Serves the control queue and event-queue kicks (either may be absent:
+/// OVMF enables only the request queue) and polls for unit attentions to
+/// report.
 fn control_worker(
     proc_: ControlProcessor,
     mem: GuestMemory,
-    mut ctl: ActiveQueue,
-    event_notify: Arc<EventFd>,
+    mut ctl: Option<ActiveQueue>,
+    event_notify: Option<Arc<EventFd>>,
     irq: Arc<dyn VirtioInterrupt>,
     stop: Arc<EventFd>,
 ) {
     let ctrl = Arc::clone(&proc_.ctrl);
-    let mut broken = proc_
-        .process_queue(&mem, &mut ctl.queue, ctl.index, irq.as_ref())
-        .is_err();
+    let mut broken = false;
+    if let Some(q) = ctl.as_mut() {
+        broken = proc_
+            .process_queue(&mem, &mut q.queue, q.index, irq.as_ref())
+            .is_err();
+    }
     loop {
-        let ready = wait(&[&ctl.notify, &event_notify, &stop], Some(UA_POLL));
-        if ready[2] {
+        let mut fds: Vec<&EventFd> = vec![&stop];
+        if let Some(q) = &ctl {
+            fds.push(&q.notify);
+        }
+        if let Some(e) = &event_notify {
+            fds.push(e);
+        }
+        let ready = wait(&fds, Some(UA_POLL));
+        if ready[0] {
             return;
         }
-        if ready[0] {
-            let _ = ctl.notify.read();
-            if !broken {
-                broken = proc_
-                    .process_queue(&mem, &mut ctl.queue, ctl.index, irq.as_ref())
-                    .is_err();
+        let mut i = 1;
+        if let Some(q) = ctl.as_mut() {
+            if ready[i] {
+                let _ = q.notify.read();
+                if !broken {
+                    broken = proc_
+                        .process_queue(&mem, &mut q.queue, q.index, irq.as_ref())
+                        .is_err();
+                }
             }
+            i += 1;
         }
-        if ready[1] {
-            let _ = event_notify.read();
-            ctrl.event_queue_kick();
+        if let Some(e) = &event_notify {
+            if ready[i] {
+                let _ = e.read();
+                ctrl.event_queue_kick();
+            }
         }
         ctrl.poll_unit_attentions();
     }
@@ -310,14 +329,16 @@ impl VirtioDevice for VirtioScsi {
                 _ => reqs.push(q),
             }
         }
-        let ctl = ctl.ok_or(ActivateError::MissingQueue(CONTROL_QUEUE))?;
-        let evt = evt.ok_or(ActivateError::MissingQueue(EVENT_QUEUE))?;
+        // Control and event queues are optional: OVMF's driver enables the
+        // first request queue only. Events then have nowhere to go.
         if reqs.is_empty() {
             return Err(ActivateError::MissingQueue(FIRST_REQUEST_QUEUE));
         }
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(ActivateError::EventFd)?);
-        let event_notify = Arc::clone(&evt.notify);
-        self.attach_event_queue(mem.clone(), evt.queue, Arc::clone(&interrupt));
+        let event_notify = evt.as_ref().map(|e| Arc::clone(&e.notify));
+        if let Some(evt) = evt {
+            self.attach_event_queue(mem.clone(), evt.queue, Arc::clone(&interrupt));
+        }
         self.stop = Some(Arc::clone(&stop));
 
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -333,7 +354,7 @@ impl VirtioDevice for VirtioScsi {
                 mem.clone(),
                 Arc::clone(&interrupt),
                 Arc::clone(&stop),
-                Arc::clone(&event_notify),
+                event_notify.clone(),
             );
             workers.push(spawn(
                 "scsi-ctl".into(),
