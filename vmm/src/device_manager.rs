@@ -298,6 +298,11 @@ impl DeviceManager {
         self.intx.set_direct_gsis(gsis);
     }
 
+    /// The GSI PIRQ `n` (0 = A) reaches now.
+    pub fn pirq_gsi(&self, n: u8) -> Option<u32> {
+        self.intx.routed_irq(n)
+    }
+
     /// INTx wiring of the PCI functions in slots 2-31 for the MP table.
     pub fn pci_intx_routes(&self) -> Vec<crate::arch::x86_64::mptable::PciIntx> {
         let pins = self

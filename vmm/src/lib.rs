@@ -69,6 +69,9 @@ pub enum Error {
     /// bzImage kernel load.
     #[error(transparent)]
     BzImage(#[from] arch::x86_64::bzimage::BzImageError),
+    /// ACPI tables for direct boot.
+    #[error("ACPI tables: {0}")]
+    Acpi(String),
     /// MP table.
     #[error(transparent)]
     Mptable(#[from] arch::x86_64::mptable::MptableError),

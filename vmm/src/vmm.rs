@@ -127,6 +127,8 @@ impl Vmm {
             }
         };
         let mut sregs = boot.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        mptable::write(&memory, config.cpus, &devices.pci_intx_routes())?;
+        let rsdp = install_acpi(&memory, config, &devices)?;
         let regs = if pvh::is_elf(kernel) {
             let e = pvh::load(
                 &memory,
@@ -134,6 +136,7 @@ impl Vmm {
                 kernel,
                 config.initrd.as_deref(),
                 &config.cmdline,
+                Some(rsdp),
             )?;
             regs::setup_pvh_sregs(&memory, &mut sregs)?;
             regs::boot_regs(e.entry, 0, 0, e.start_info)
@@ -144,11 +147,11 @@ impl Vmm {
                 kernel,
                 config.initrd.as_deref(),
                 &config.cmdline,
+                Some(rsdp),
             )?;
             regs::setup_long_mode_sregs(&memory, &mut sregs)?;
             regs::boot_regs(e.entry, layout::BOOT_STACK_POINTER, e.zero_page, 0)
         };
-        mptable::write(&memory, config.cpus, &devices.pci_intx_routes())?;
         boot.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
         boot.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
 
@@ -240,6 +243,50 @@ impl Vmm {
         }
         Ok(self.stop.reason().unwrap_or(VmStop::Signal(0)))
     }
+}
+
+/// ACPI tables for direct kernel boot, describing this platform (the
+/// firmware crate's QEMU-"pc" tables: MADT with the IRQ 0 -> GSI 2
+/// override, FADT with the PIIX4 PM blocks at 0x600 and GPE0 at 0xAFE0,
+/// SCI 9, reset via 0xCF9, DSDT with `_PRT` and `_S5`). PCI INTx in the
+/// `_PRT` names the GSIs the PIIX3 routes give now (10, 10, 11, 11 unless
+/// changed), which the MP table also lists. Returns the RSDP address.
+fn install_acpi(
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    devices: &DeviceManager,
+) -> Result<u64, Error> {
+    use devices::firmware::acpi::{install, AcpiPlatform};
+    let mut intx_gsi = [0u32; 4];
+    for (n, g) in intx_gsi.iter_mut().enumerate() {
+        *g = devices.pirq_gsi(u8::try_from(n).unwrap_or(0)).unwrap_or(0);
+    }
+    let mmio64 = layout::mmio64_start(config.memory);
+    let p = AcpiPlatform {
+        cpus: config.cpus,
+        pm_base: u16::try_from(layout::PM_IO_BASE).unwrap_or(0x600),
+        gpe0_base: u16::try_from(devices::acpi::pm::GPE0_BASE).unwrap_or(0xAFE0),
+        sci_irq: devices::acpi::pm::SCI_IRQ,
+        pci_mmio32: (
+            u32::try_from(layout::MMIO32_START).unwrap_or(0),
+            u32::try_from(layout::MMIO32_END - layout::MMIO32_START).unwrap_or(0),
+        ),
+        pci_mmio64: Some((mmio64, layout::MMIO64_SIZE)),
+        intx_gsi,
+        ioapic_addr: u32::try_from(layout::IOAPIC_START).unwrap_or(0),
+        lapic_addr: u32::try_from(layout::LAPIC_START).unwrap_or(0),
+        serial: true,
+        i8042: true,
+        fw_cfg: false,
+    };
+    let at = install(
+        memory,
+        &p,
+        layout::ACPI_TABLES_START,
+        layout::ACPI_RSDP_START,
+    )
+    .map_err(|e| Error::Acpi(e.to_string()))?;
+    Ok(at.rsdp)
 }
 
 /// Wakes the event loop when the VM stops or a termination signal arrives.

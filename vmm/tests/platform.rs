@@ -159,3 +159,23 @@ fn mp_table_lists_cpus_ioapic_and_irq_routes() {
         assert!(out.stdout.contains(line), "missing {line:?}: {out:?}");
     }
 }
+
+#[test]
+fn acpi_tables_describe_the_platform_and_power_off_works() {
+    let Some(out) = boot("acpi", &["--memory", "64M", "--cpus", "2"]) else {
+        return;
+    };
+    for line in [
+        "tables: FACP APIC",
+        "acpi: sci 9 pm1a_evt 600 pm1a_cnt 604 pm_tmr 608 (PMBA 600)",
+        "acpi: reset register cf9 value 6",
+        "acpi: ioapic id 2 at fec00000 gsi base 0",
+        "acpi: override irq 0 -> gsi 2 flags 0",
+        "acpi: 2 local apics",
+        "acpi: powering off through PM1a_CNT",
+    ] {
+        assert!(out.stdout.contains(line), "missing {line:?}: {out:?}");
+    }
+    assert!(!out.stdout.contains("still running"), "{out:?}");
+    assert_eq!(out.status, Some(0), "{out:?}");
+}

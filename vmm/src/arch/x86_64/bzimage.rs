@@ -61,6 +61,7 @@ pub fn load(
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
+    rsdp: Option<u64>,
 ) -> Result<BzImageEntry, BzImageError> {
     let mut f = File::open(kernel).map_err(|source| BzImageError::Open {
         path: kernel.display().to_string(),
@@ -113,6 +114,7 @@ pub fn load(
         params.e820_table[i].r#type = e.kind;
     }
     params.e820_entries = u8::try_from(map.len()).unwrap_or(0);
+    params.acpi_rsdp_addr = rsdp.unwrap_or(0);
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))?;
     Ok(BzImageEntry {
         entry: res.kernel_load.0 + 0x200,

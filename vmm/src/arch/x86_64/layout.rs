@@ -36,6 +36,10 @@ pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
 pub const EBDA_START: u64 = 0x9_FC00;
 /// Start of the legacy hole.
 pub const LEGACY_HOLE_START: u64 = 0xA_0000;
+/// ACPI tables for direct kernel boot (BIOS area, reserved in the e820 map).
+pub const ACPI_TABLES_START: u64 = 0xE_0000;
+/// ACPI RSDP for direct kernel boot (in the F-segment, where a scan finds it).
+pub const ACPI_RSDP_START: u64 = 0xF_5A00;
 /// Where high memory (the kernel) starts.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// Most RAM below 4 GiB; the rest goes above 4 GiB.

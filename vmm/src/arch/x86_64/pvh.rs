@@ -100,13 +100,15 @@ fn put_u64(b: &mut Vec<u8>, v: u64) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
-/// Load `kernel` and write the PVH start info for a guest with `memory` bytes.
+/// Load `kernel` and write the PVH start info for a guest with `memory`
+/// bytes (`rsdp`: where the ACPI RSDP is, if tables were installed).
 pub fn load(
     mem: &GuestMemoryMmap,
     memory: u64,
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
+    rsdp: Option<u64>,
 ) -> Result<PvhEntry, PvhError> {
     let mut f = File::open(kernel).map_err(|source| PvhError::Open {
         what: "--kernel",
@@ -175,7 +177,7 @@ pub fn load(
         },
     );
     put_u64(&mut si, layout::CMDLINE_START);
-    put_u64(&mut si, 0); // rsdp_paddr: no ACPI tables yet
+    put_u64(&mut si, rsdp.unwrap_or(0));
     put_u64(&mut si, layout::MEMMAP_START);
     put_u32(&mut si, u32::try_from(map.len()).unwrap_or(0));
     put_u32(&mut si, 0);
