@@ -22,6 +22,22 @@ use crate::stop::{StopFlag, VmStop};
 use crate::vstate::{memory, vcpu, vm};
 use crate::Error;
 
+impl TryFrom<&VmConfig> for Vmm {
+    type Error = Error;
+
+    /// A VM whose COM1 writes to stdout, without signal handling and with
+    /// fresh CMOS state: `Vmm::try_from(&config)?.run()`. (`arbiter run`
+    /// uses [`Vmm::new`] to add `--serial`, signals and reboots.)
+    fn try_from(config: &VmConfig) -> Result<Self, Error> {
+        Vmm::new(
+            config,
+            Box::new(std::io::stdout()),
+            None,
+            &Persistent::new(config),
+        )
+    }
+}
+
 /// Machine state that survives a guest reset (CMOS NVRAM and clock offset).
 #[derive(Debug)]
 pub struct Persistent {
