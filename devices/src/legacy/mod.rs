@@ -92,6 +92,12 @@ mod platform_fuzz {
             .unwrap();
         pio.insert(Arc::new(Mutex::new(DebugPort::console(None))), 0x402, 1)
             .unwrap();
+        pio.insert(
+            Arc::new(Mutex::new(crate::acpi::pm::Gpe0::default())),
+            0xAFE0,
+            4,
+        )
+        .unwrap();
         let mut root = PciRoot::new(pio.clone(), mmio.clone(), exit.clone());
         let at = |device, function| Some(PciAddress { device, function });
         root.add_device(
@@ -123,6 +129,7 @@ mod platform_fuzz {
             (0xCF8u64..0xD00),
             (0x600u64..0x640),
             (0xC000u64..0xC040),
+            (0xAFE0u64..0xAFE8),
         ]
     }
 
