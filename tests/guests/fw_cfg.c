@@ -2,7 +2,7 @@
  * fw_cfg: read QEMU's firmware configuration interface the way OVMF does,
  * through both the port I/O and the DMA interface, and check what the
  * monitor put there: signature, ID with the DMA bit, the file directory,
- * etc/e820 (compared with the PVH memory map), and that a DMA request
+ * etc/e820 (checked against the PVH memory map), and that a DMA request
  * naming memory outside guest RAM is refused with the ERROR bit.
  */
 #include "guest.h"
@@ -114,20 +114,34 @@ u32 guest_main(struct hvm_start_info *si)
 		CHECK(memcmp(second, buf_io + 20, 20) == 0);
 	}
 
-	/* RAM in etc/e820 must match the PVH memory map's RAM. */
-	u64 ram_fw = 0, ram_pvh = 0;
+	/*
+	 * etc/e820 is QEMU-style (low RAM from 0, legacy holes left to the
+	 * firmware), the PVH map is a BIOS-style map: they must agree on the
+	 * top of RAM below 4 GiB and on the RAM above it.
+	 */
+	u64 top_fw = 0, high_fw = 0, top_pvh = 0, high_pvh = 0;
 	const struct e820 *e = (const void *)buf_io;
 	for (u32 i = 0; i < size / 20; i++) {
 		printf("  e820 %016lx+%016lx type %u\n", e[i].addr, e[i].len, e[i].type);
-		if (e[i].type == 1)
-			ram_fw += e[i].len;
+		if (e[i].type != 1)
+			continue;
+		if (e[i].addr >= 0x100000000ul)
+			high_fw += e[i].len;
+		else if (e[i].addr + e[i].len > top_fw)
+			top_fw = e[i].addr + e[i].len;
 	}
 	const struct hvm_memmap_entry *mm = (const void *)si->memmap_paddr;
-	for (u32 i = 0; i < si->memmap_entries; i++)
-		if (mm[i].type == 1)
-			ram_pvh += mm[i].size;
-	printf("fw_cfg RAM %lu KiB, PVH RAM %lu KiB\n", ram_fw >> 10, ram_pvh >> 10);
-	CHECK(ram_fw == ram_pvh && ram_fw != 0);
+	for (u32 i = 0; i < si->memmap_entries; i++) {
+		if (mm[i].type != 1)
+			continue;
+		if (mm[i].addr >= 0x100000000ul)
+			high_pvh += mm[i].size;
+		else if (mm[i].addr + mm[i].size > top_pvh)
+			top_pvh = mm[i].addr + mm[i].size;
+	}
+	printf("fw_cfg low RAM top %lx, high %lu KiB; PVH low RAM top %lx, high %lu KiB\n", top_fw,
+	       high_fw >> 10, top_pvh, high_pvh >> 10);
+	CHECK(top_fw == top_pvh && top_fw != 0 && high_fw == high_pvh);
 
 	/* DMA to an address outside guest RAM: ERROR, and nothing breaks. */
 	u32 c = dma((0u << 16) | DMA_SELECT | DMA_READ, 0xFFFFFFFF0000ul, 4);

@@ -9,6 +9,7 @@ pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod device_manager;
+pub mod firmware;
 pub mod scsi_config;
 pub mod stop;
 pub mod vmm;
@@ -72,6 +73,9 @@ pub enum Error {
     /// ACPI tables for direct boot.
     #[error("ACPI tables: {0}")]
     Acpi(String),
+    /// UEFI firmware set-up.
+    #[error(transparent)]
+    Firmware(#[from] firmware::FirmwareError),
     /// MP table.
     #[error(transparent)]
     Mptable(#[from] arch::x86_64::mptable::MptableError),

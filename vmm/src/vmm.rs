@@ -84,9 +84,6 @@ impl Vmm {
         signal_evt: Option<EventFd>,
         persistent: &Persistent,
     ) -> Result<Self, Error> {
-        if config.firmware.is_some() {
-            return Err(Error::NotImplemented("--firmware (UEFI boot)"));
-        }
         if config.hyperv {
             return Err(Error::NotImplemented(
                 "--cpus ...,hyperv=on (Hyper-V enlightenments)",
@@ -130,6 +127,22 @@ impl Vmm {
             vcpus.push(vcpu::create(&vm, id, config.cpus, &supported, None)?);
         }
 
+        let platform = acpi_platform(config, &devices);
+        crate::firmware::add_fw_cfg(config, &memory, &devices, platform.clone())?;
+        if let Some(fw) = &config.firmware {
+            // UEFI: OVMF runs from the reset vector (KVM's reset state) and
+            // finds everything else through fw_cfg, --kernel included.
+            crate::firmware::map_flash(fw, &vm, &devices)?;
+            return Ok(Vmm {
+                vcpus,
+                devices,
+                vm,
+                _kvm: kvm,
+                memory,
+                stop,
+                signal_evt,
+            });
+        }
         let kernel = config
             .kernel
             .as_deref()
@@ -144,7 +157,7 @@ impl Vmm {
         };
         let mut sregs = boot.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
         mptable::write(&memory, config.cpus, &devices.pci_intx_routes())?;
-        let rsdp = install_acpi(&memory, config, &devices)?;
+        let rsdp = install_acpi(&memory, &platform)?;
         let regs = if pvh::is_elf(kernel) {
             let e = pvh::load(
                 &memory,
@@ -261,24 +274,24 @@ impl Vmm {
     }
 }
 
-/// ACPI tables for direct kernel boot, describing this platform (the
-/// firmware crate's QEMU-"pc" tables: MADT with the IRQ 0 -> GSI 2
-/// override, FADT with the PIIX4 PM blocks at 0x600 and GPE0 at 0xAFE0,
-/// SCI 9, reset via 0xCF9, DSDT with `_PRT` and `_S5`). PCI INTx in the
-/// `_PRT` names the GSIs the PIIX3 routes give now (10, 10, 11, 11 unless
-/// changed), which the MP table also lists. Returns the RSDP address.
-fn install_acpi(
-    memory: &GuestMemoryMmap,
+/// This platform as the ACPI tables describe it, for direct kernel boot and
+/// for OVMF alike (the firmware crate's QEMU-"pc" tables: MADT with the
+/// IRQ 0 -> GSI 2 override, FADT with the PIIX4 PM blocks at 0x600 (preset
+/// and enabled, so OVMF keeps it) and GPE0 at 0xAFE0, SCI 9, reset via
+/// 0xCF9, DSDT with `_PRT`, fw_cfg and `_S5`). PCI INTx in the `_PRT` names
+/// the GSIs the PIIX3 routes give now (10, 10, 11, 11 unless changed),
+/// which the MP table also lists.
+fn acpi_platform(
     config: &VmConfig,
     devices: &DeviceManager,
-) -> Result<u64, Error> {
-    use devices::firmware::acpi::{install, AcpiPlatform};
+) -> devices::firmware::acpi::AcpiPlatform {
+    use devices::firmware::acpi::AcpiPlatform;
     let mut intx_gsi = [0u32; 4];
     for (n, g) in intx_gsi.iter_mut().enumerate() {
         *g = devices.pirq_gsi(u8::try_from(n).unwrap_or(0)).unwrap_or(0);
     }
     let mmio64 = layout::mmio64_start(config.memory);
-    let p = AcpiPlatform {
+    AcpiPlatform {
         cpus: config.cpus,
         pm_base: u16::try_from(layout::PM_IO_BASE).unwrap_or(0x600),
         gpe0_base: u16::try_from(devices::acpi::pm::GPE0_BASE).unwrap_or(0xAFE0),
@@ -293,11 +306,20 @@ fn install_acpi(
         lapic_addr: u32::try_from(layout::LAPIC_START).unwrap_or(0),
         serial: true,
         i8042: true,
-        fw_cfg: false,
-    };
+        fw_cfg: true,
+    }
+}
+
+/// Write the tables for `p` into guest memory (direct kernel boot); returns
+/// the RSDP address.
+fn install_acpi(
+    memory: &GuestMemoryMmap,
+    p: &devices::firmware::acpi::AcpiPlatform,
+) -> Result<u64, Error> {
+    use devices::firmware::acpi::install;
     let at = install(
         memory,
-        &p,
+        p,
         layout::ACPI_TABLES_START,
         layout::ACPI_RSDP_START,
     )

@@ -52,10 +52,11 @@ pub const MMIO32_END: u64 = 0xFEC0_0000;
 pub const IOAPIC_START: u64 = 0xFEC0_0000;
 /// LAPIC.
 pub const LAPIC_START: u64 = 0xFEE0_0000;
-/// KVM's identity-map page.
-pub const KVM_IDENTITY_MAP_START: u64 = 0xFFFB_C000;
+/// KVM's identity-map page (where QEMU puts it: below the flash images
+/// that end at 4 GiB, above the LAPIC).
+pub const KVM_IDENTITY_MAP_START: u64 = 0xFEFF_C000;
 /// KVM's TSS (3 pages).
-pub const KVM_TSS_START: u64 = 0xFFFB_D000;
+pub const KVM_TSS_START: u64 = 0xFEFF_D000;
 /// 4 GiB.
 pub const FOUR_GIB: u64 = 0x1_0000_0000;
 /// Size of the MMIO64 window.
