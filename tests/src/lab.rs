@@ -282,6 +282,9 @@ enum Step {
     Disk(String, u32),
     One(Vm),
     Together(Vec<Vm>),
+    AgentStart(Vm),
+    Agent(String, String, Duration),
+    AgentStop(String),
 }
 
 /// What to run: disks and VMs, in order.
@@ -318,11 +321,33 @@ impl Scenario {
         self
     }
 
+    /// Start `vm` as an agent: its guest runs `scripts/agent.sh` (use
+    /// `Vm::linux("agent")`), which executes the command lines sent with
+    /// [`Scenario::agent`]; the VM runs on while the scenario goes on.
+    pub fn agent_start(mut self, vm: Vm) -> Self {
+        self.steps.push(Step::AgentStart(vm));
+        self
+    }
+
+    /// Run `command` (one line of sh, with the guest's lab helpers) in agent
+    /// VM `vm` and wait for it, at most `timeout`.
+    pub fn agent(mut self, vm: &str, command: &str, timeout: Duration) -> Self {
+        self.steps
+            .push(Step::Agent(vm.to_owned(), command.to_owned(), timeout));
+        self
+    }
+
+    /// End agent VM `vm` and wait for it like any VM.
+    pub fn agent_stop(mut self, vm: &str) -> Self {
+        self.steps.push(Step::AgentStop(vm.to_owned()));
+        self
+    }
+
     fn vms(&self) -> impl Iterator<Item = &Vm> {
         self.steps.iter().flat_map(|s| match s {
-            Step::One(v) => std::slice::from_ref(v).iter(),
+            Step::One(v) | Step::AgentStart(v) => std::slice::from_ref(v).iter(),
             Step::Together(v) => v.iter(),
-            Step::Disk(..) => [].iter(),
+            Step::Disk(..) | Step::Agent(..) | Step::AgentStop(..) => [].iter(),
         })
     }
 
@@ -334,8 +359,9 @@ impl Scenario {
         self.steps
             .iter()
             .map(|s| match s {
-                Step::Disk(..) => Duration::from_secs(5),
-                Step::One(v) => v.timeout,
+                Step::Disk(..) | Step::AgentStop(..) => Duration::from_secs(5),
+                Step::One(v) | Step::AgentStart(v) => v.timeout,
+                Step::Agent(_, _, t) => *t,
                 Step::Together(v) => v.iter().map(|v| v.timeout).max().unwrap_or_default(),
             })
             .sum()
@@ -356,6 +382,19 @@ impl Scenario {
                         s += &format!("lab_vm_wait {}\n", quote(&vm.name));
                     }
                 }
+                Step::AgentStart(vm) => {
+                    // lab_agent_start takes no exit status: the agent ends when told.
+                    s += &format!("lab_agent_start {}\n", vm_words(vm, false));
+                }
+                Step::Agent(vm, cmd, t) => {
+                    s += &format!(
+                        "lab_agent {} {} {}\n",
+                        quote(vm),
+                        t.as_secs().max(1),
+                        quote(cmd)
+                    );
+                }
+                Step::AgentStop(vm) => s += &format!("lab_agent_stop {}\n", quote(vm)),
             }
         }
         s
@@ -416,15 +455,27 @@ fn escape(s: &str) -> String {
 }
 
 fn vm_line(vm: &Vm) -> String {
+    vm_words(vm, true)
+}
+
+/// NAME TIMEOUT [EXPECT_EXIT] PATTERN MONITOR ARGS... as sh words.
+fn vm_words(vm: &Vm, with_exit: bool) -> String {
     let monitor = match vm.monitor {
         Monitor::Arbiter => "\"$ARBITER\"",
         Monitor::Qemu => "\"$QEMU\"",
     };
+    let exit = if with_exit {
+        format!(
+            " {}",
+            vm.expect_exit.map_or("-".to_owned(), |c| c.to_string())
+        )
+    } else {
+        String::new()
+    };
     let mut l = format!(
-        "{} {} {} {} {monitor}",
+        "{} {}{exit} {} {monitor}",
         quote(&vm.name),
         vm.timeout.as_secs().max(1),
-        vm.expect_exit.map_or("-".to_owned(), |c| c.to_string()),
         quote(vm.expect_serial.as_deref().unwrap_or("")),
     );
     for a in &vm.args {
@@ -460,9 +511,43 @@ pub const PR_STEPS: &[(&str, &str)] = &[
     ("pr_a_write_after_clear", "0"),
 ];
 
+/// Panic unless the VMs together reported each of the [`PR_STEPS`] exactly
+/// once, passed with its expected exit status, and no other `pr_` result.
+pub fn assert_pr_steps(vms: &[&VmReport], log: &Path) {
+    let all: Vec<(&str, &GuestResult)> = vms
+        .iter()
+        .flat_map(|v| v.results.iter().map(move |r| (v.name.as_str(), r)))
+        .filter(|(_, r)| r.name.starts_with("pr_"))
+        .collect();
+    for (vm, r) in &all {
+        assert!(
+            PR_STEPS.iter().any(|(n, _)| *n == r.name),
+            "{vm}: unexpected step {r:?} (log: {})",
+            log.display()
+        );
+    }
+    for (step, rc) in PR_STEPS {
+        let got: Vec<&(&str, &GuestResult)> = all.iter().filter(|(_, r)| r.name == *step).collect();
+        assert_eq!(
+            got.len(),
+            1,
+            "{step} reported {} times (log: {})",
+            got.len(),
+            log.display()
+        );
+        let (vm, r) = got[0];
+        assert_eq!(
+            (r.status.as_str(), r.fields.get("rc").map(String::as_str)),
+            ("pass", Some(*rc)),
+            "{vm}: {step}: {r:?} (log: {})",
+            log.display()
+        );
+    }
+}
+
 impl VmReport {
-    /// Panic unless the guest reported exactly the [`PR_STEPS`], each passed
-    /// with its expected exit status.
+    /// Panic unless the guest reported exactly the [`PR_STEPS`], in order, each
+    /// passed with its expected exit status.
     pub fn assert_pr_sequence(&self, log: &Path) {
         let got: Vec<&str> = self
             .results

@@ -41,7 +41,7 @@ lab_vm_start() {
 	# reliance on how a shell reaps background children); NAME.pid is the monitor.
 	(
 		sh -c 'echo $$ >"$0"; exec "$@"' "$LAB_TMP/$_n.pid" "$@" \
-			</dev/null >"$LAB_TMP/$_n.serial" 2>"$LAB_TMP/$_n.stderr"
+			<"${LAB_STDIN:-/dev/null}" >"$LAB_TMP/$_n.serial" 2>"$LAB_TMP/$_n.stderr"
 		echo $? >"$LAB_TMP/$_n.rc"
 	) &
 }
@@ -98,5 +98,67 @@ lab_vm_wait() {
 # lab_vm NAME TIMEOUT_S EXPECT_EXIT PATTERN CMD...: start, wait, report.
 lab_vm() {
 	lab_vm_start "$@"
+	lab_vm_wait "$1"
+}
+
+# Agent VMs: the guest runs scripts/agent.sh, which executes command lines arriving on its
+# serial console; the monitor's stdin is a FIFO the scenario writes to.
+#
+# lab_agent_start NAME TIMEOUT_S PATTERN CMD...: start like lab_vm_start (any exit status)
+lab_agent_start() {
+	_n=$1
+	rm -f "$LAB_TMP/$_n.in"
+	mkfifo "$LAB_TMP/$_n.in"
+	# keep a writer open so that the monitor never reads end-of-file between commands
+	(exec sleep 100000 >"$LAB_TMP/$_n.in") &
+	echo $! >"$LAB_TMP/$_n.keeper"
+	echo 0 >"$LAB_TMP/$_n.seq"
+	_to=$2
+	_pat=$3
+	shift 3
+	LAB_STDIN="$LAB_TMP/$_n.in" lab_vm_start "$_n" "$_to" - "$_pat" "$@"
+}
+
+# _lab_send NAME LINE: write LINE to the agent's FIFO (never blocks for long: opening a FIFO
+# whose reader, the monitor, is gone would wait forever).
+_lab_send() {
+	timeout 10 sh -c 'echo "$1" >"$2"' sh "$2" "$LAB_TMP/$1.in" ||
+		echo "@@LAB agent name=$1 status=fail reason=cannot_send"
+}
+
+# _lab_wait_text NAME TEXT TIMEOUT_S: wait until the VM's output contains TEXT.
+_lab_wait_text() {
+	_t=$(lab_now)
+	while ! grep -qF "$2" "$LAB_TMP/$1.serial" 2>/dev/null; do
+		[ -f "$LAB_TMP/$1.rc" ] && return 1
+		[ "$(lab_elapsed "$_t" | cut -d. -f1)" -ge "$3" ] && return 1
+		sleep 0.3
+	done
+	return 0
+}
+
+# lab_agent NAME TIMEOUT_S COMMAND: run COMMAND (one line of sh) in the guest and wait for it.
+lab_agent() {
+	_n=$1
+	if ! _lab_wait_text "$_n" "@@GUEST agent ready" "$2"; then
+		echo "@@LAB agent name=$_n status=fail reason=not_ready"
+		return 1
+	fi
+	_seq=$(($(cat "$LAB_TMP/$_n.seq") + 1))
+	echo $_seq >"$LAB_TMP/$_n.seq"
+	echo "@@LAB agent name=$_n seq=$_seq cmd=$3"
+	_lab_send "$_n" "$_seq $3"
+	if _lab_wait_text "$_n" "@@AGENT done seq=$_seq" "$2"; then
+		echo "@@LAB agent name=$_n seq=$_seq status=done"
+		return 0
+	fi
+	echo "@@LAB agent name=$_n seq=$_seq status=fail reason=no_answer"
+	return 1
+}
+
+# lab_agent_stop NAME: end the agent loop, then wait for the VM as lab_vm_wait does.
+lab_agent_stop() {
+	[ -f "$LAB_TMP/$1.rc" ] || _lab_send "$1" "0 quit"
+	kill "$(cat "$LAB_TMP/$1.keeper")" 2>/dev/null
 	lab_vm_wait "$1"
 }
