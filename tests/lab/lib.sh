@@ -47,12 +47,13 @@ lab_kernel_pkg() {
 lab_unpack_pkg() {
 	local pkg=$1 ver dir deb
 	ver=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ { print $2; exit }')
-	[ -n "$ver" ] && [ "$ver" != "(none)" ] || lab_die "apt knows no package $pkg (run apt-get update)"
+	[ -n "$ver" ] && [ "$ver" != "(none)" ] || lab_missing "the Debian package $pkg (apt knows none: run apt-get update)"
 	dir="$LAB_DIR/pkg/${pkg}_${ver//:/%}"
 	if [ ! -f "$dir/.unpacked" ]; then
 		rm -rf "$dir" "$dir.deb.d"
 		mkdir -p "$dir.deb.d"
-		(cd "$dir.deb.d" && apt-get download "$pkg=$ver" >&2) || lab_die "apt-get download $pkg=$ver failed"
+		(cd "$dir.deb.d" && apt-get download "$pkg=$ver" >&2) ||
+			lab_missing "the Debian package $pkg=$ver (apt-get download failed: no network or apt source?)"
 		deb=$(ls "$dir.deb.d"/*.deb)
 		dpkg-deb -x "$deb" "$dir" || lab_die "dpkg-deb -x $deb failed"
 		rm -rf "$dir.deb.d"
@@ -65,7 +66,7 @@ lab_unpack_pkg() {
 lab_kernel() {
 	local pkg
 	pkg=$(lab_kernel_pkg)
-	[ -n "$pkg" ] || lab_die "cannot resolve linux-image-amd64 (run apt-get update)"
+	[ -n "$pkg" ] || lab_missing "linux-image-amd64 in apt (run apt-get update)"
 	KROOT=$(lab_unpack_pkg "$pkg")
 	KVER=$(ls "$KROOT/lib/modules" | head -n 1)
 	KMOD="$KROOT/lib/modules/$KVER"
