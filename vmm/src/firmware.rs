@@ -412,6 +412,77 @@ mod tests {
         assert_eq!(a[8] >> 6, 2);
     }
 
+    /// What OVMF programs into the variable store reaches the user's file,
+    /// and the flash's memory slot follows its mode (mapped in read-array
+    /// mode, taken away in command mode).
+    #[test]
+    fn programmed_bytes_reach_the_vars_file_and_romd_toggles() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("SKIPPED programmed_bytes_reach_the_vars_file_and_romd_toggles: /dev/kvm unavailable");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        if !vm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+            eprintln!("SKIPPED programmed_bytes_reach_the_vars_file_and_romd_toggles: no KVM_CAP_READONLY_MEM");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("VARS.fd");
+        std::fs::write(&path, vec![0xFFu8; 2 * BLOCK_SIZE]).unwrap();
+        let (file, len) = open_image(&path, true).unwrap();
+        let map = Mapping::new(&file, len, true).unwrap();
+        let gpa = 0xFFE0_0000;
+        let mut dev = FlashDevice {
+            flash: Pflash::new(map, false),
+            vm,
+            slot: VARS_SLOT,
+            gpa,
+            rom: false,
+            mapped: false,
+        };
+        dev.set_mapped(true).unwrap();
+        // Program 0xA5 at offset 0x1001 (0x10, data), then back to read array.
+        dev.write(gpa, 0x1001, &[0x10]);
+        assert!(!dev.mapped, "command mode must take the slot away");
+        dev.write(gpa, 0x1001, &[0xA5]);
+        dev.write(gpa, 0x1001, &[0xFF]);
+        assert!(dev.mapped, "read-array mode maps the slot again");
+        drop(dev);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk[0x1001], 0xA5);
+        assert!(on_disk
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| i == 0x1001 || b == 0xFF));
+    }
+
+    #[test]
+    fn rom_ignores_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("OVMF.fd");
+        std::fs::write(&path, vec![0x11u8; BLOCK_SIZE]).unwrap();
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("SKIPPED rom_ignores_writes: /dev/kvm unavailable");
+            return;
+        };
+        let (file, len) = open_image(&path, false).unwrap();
+        let map = Mapping::new(&file, len, false).unwrap();
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let mut dev = FlashDevice {
+            flash: Pflash::new(map, true),
+            vm,
+            slot: CODE_SLOT,
+            gpa: 0,
+            rom: true,
+            mapped: true,
+        };
+        dev.write(0, 0, &[0x50]);
+        let mut b = [0u8];
+        dev.read(0, 0, &mut b);
+        assert_eq!(b, [0x11], "a ROM reads its contents whatever was written");
+        assert_eq!(std::fs::read(&path).unwrap()[0], 0x11);
+    }
+
     #[test]
     fn templates_are_recognised() {
         assert!(is_template(Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd")));
