@@ -78,6 +78,54 @@ fn query_and_abort_task_executing_on_another_queue() {
     assert_eq!(run_tag(&t, &n1, 0, 77, &READ1, &[], 512).good().len(), 512);
 }
 
+/// PREEMPT AND ABORT aborts the preempted nexus' outstanding commands (here
+/// a READ blocked on another queue) and leaves the preempting one alone.
+#[test]
+fn preempt_and_abort_aborts_the_preempted_nexus_commands() {
+    let gate = Arc::new(GateBackend::new(1 << 20));
+    let pr: Arc<dyn Reservations> = Arc::new(scsi::pr::MemoryPr::new());
+    let disk = Arc::new(Disk::new(config(), gate.clone(), Some(pr)).unwrap());
+    let t = EmulatedTarget::new().with_lun(0, disk).unwrap();
+    let (n1, n2, n3) = (nexus(1), nexus(2), nexus(3));
+    for n in [&n1, &n2, &n3] {
+        run(&t, n, 0, &TUR, &[], 0); // consume the power-on unit attention
+    }
+    // PERSISTENT RESERVE OUT with a 24-byte parameter list.
+    let prout = |sa: u8, ty: u8| [0x5F, sa, ty, 0, 0, 0, 0, 0, 24, 0];
+    let params = |rk: u8, sark: u8| {
+        let mut p = [0u8; 24];
+        p[7] = rk; // RESERVATION KEY
+        p[15] = sark; // SERVICE ACTION RESERVATION KEY
+        p
+    };
+    run(&t, &n1, 0, &prout(0x00, 0), &params(0, 0xA), 0).good(); // n1 REGISTER 0xA
+    run(&t, &n2, 0, &prout(0x00, 0), &params(0, 0xB), 0).good(); // n2 REGISTER 0xB
+    run(&t, &n3, 0, &prout(0x00, 0), &params(0, 0xC), 0).good(); // n3 REGISTER 0xC
+    run(&t, &n1, 0, &prout(0x01, 0x05), &params(0xA, 0), 0).good(); // n1 RESERVE WE-RO
+    std::thread::scope(|s| {
+        let a = s.spawn(|| run_tag(&t, &n1, 0, 7, &READ1, &[], 512));
+        let c = s.spawn(|| run_tag(&t, &n3, 0, 7, &READ1, &[], 512));
+        gate.wait_blocked(2);
+        // n2: PREEMPT AND ABORT (SA 5), type WE-RO, RK 0xB, SARK 0xA.
+        let pa = run(&t, &n2, 0, &prout(0x05, 0x05), &params(0xB, 0xA), 0);
+        let q1 = t.task_mgmt(&n1, 0, TaskMgmt::QueryTask(7));
+        let q3 = t.task_mgmt(&n3, 0, TaskMgmt::QueryTask(7));
+        gate.open(); // before asserting, so a failure cannot leave the readers blocked
+        pa.good();
+        assert_eq!(q1, TmfResponse::Complete, "n1's READ must be aborted");
+        assert_eq!(q3, TmfResponse::Succeeded, "n3's READ must still run");
+        let a = a.join().unwrap();
+        assert_eq!(a.status, Status::TaskAborted);
+        assert!(a.sense.is_empty() && a.data.is_empty());
+        assert_eq!(c.join().unwrap().good().len(), 512); // not preempted: untouched
+    });
+    // n1 learns it was preempted (2A/05), then conflicts on writes under n2's WE-RO.
+    run(&t, &n1, 0, &TUR, &[], 0).check(0x06, 0x2A, 0x05);
+    let write1 = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let w = run(&t, &n1, 0, &write1, &[0u8; 512], 0);
+    assert_eq!(w.status, Status::ReservationConflict);
+}
+
 #[test]
 fn abort_task_set_only_touches_its_nexus() {
     let (gate, t) = gated();

@@ -326,6 +326,8 @@ type Res = Result<Vec<u8>, Fail>;
 /// Per-command context handed to the command handlers.
 pub(crate) struct Ctx<'a, 'b, 'c> {
     pub nexus: &'a ItNexus,
+    /// The command's tag (its entry in the task set).
+    pub tag: u64,
     pub cdb: Cdb<'a>,
     pub data_out: &'b mut DataOut<'c>,
     pub out_used: usize,
@@ -557,7 +559,16 @@ impl Disk {
             Cmd::PersistentReserveIn => self.pr_call(|pr| pr.reserve_in(ctx.nexus, ctx.cdb.bytes)),
             Cmd::PersistentReserveOut => {
                 let params = ctx.params()?;
-                self.pr_call(|pr| pr.reserve_out(ctx.nexus, ctx.cdb.bytes, &params))
+                let mut preempted = Vec::new();
+                let r = self.pr_call(|pr| {
+                    let r = pr.reserve_out_with_aborts(ctx.nexus, ctx.cdb.bytes, &params);
+                    preempted = r.abort;
+                    r.outcome
+                });
+                if !preempted.is_empty() {
+                    self.abort_preempted(ctx.nexus, ctx.tag, &preempted);
+                }
+                r
             }
             Cmd::Reserve6 | Cmd::Reserve10 => self.pr_call(|pr| pr.scsi2_reserve(ctx.nexus)),
             Cmd::Release6 | Cmd::Release10 => self.pr_call(|pr| pr.scsi2_release(ctx.nexus)),
@@ -586,6 +597,27 @@ impl Disk {
             (Status::CheckCondition, Some(s)) => Err(Fail::Check(s)),
             (Status::CheckCondition, None) => Err(Fail::Check(codes::INTERNAL_TARGET_FAILURE)),
             (st, _) => Err(Fail::Status(st)),
+        }
+    }
+
+    /// PREEMPT AND ABORT (SPC-4 5.7.11.5): every outstanding command of the
+    /// preempted registrants' I_T nexuses on this logical unit is aborted,
+    /// except the PERSISTENT RESERVE OUT doing it. The commands end with TASK
+    /// ABORTED when they leave their queues; their nexuses learn of the
+    /// preemption through the 2A/05 unit attention the reservation state
+    /// raised. (Commands of a nexus in another process are not reached: they
+    /// finish, and that nexus' next command meets the new state.)
+    fn abort_preempted(&self, me: &ItNexus, my_tag: u64, ids: &[crate::pr::RegistrantId]) {
+        let mut st = self.lock();
+        for (key, ns) in st.nexuses.iter_mut() {
+            if !ids.iter().any(|id| id.covers(&key.0)) {
+                continue;
+            }
+            for (tag, aborted) in ns.tasks.iter_mut() {
+                if !(&key.0 == me && *tag == my_tag) {
+                    *aborted = true;
+                }
+            }
         }
     }
 
@@ -657,6 +689,7 @@ impl LogicalUnit for Disk {
         };
         let mut ctx = Ctx {
             nexus: req.nexus,
+            tag: req.tag,
             cdb,
             data_out: &mut data_out,
             out_used: 0,
