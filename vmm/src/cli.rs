@@ -73,8 +73,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,
 
-    /// UEFI firmware [planned]: OVMF.fd (one image, variables not kept) or
-    /// code=OVMF_CODE.fd,vars=MY_VARS.fd (variables persist in MY_VARS.fd).
+    /// UEFI firmware (stock OVMF): OVMF.fd (one image, mapped as ROM: UEFI
+    /// variables are not kept) or code=OVMF_CODE.fd,vars=MY_VARS.fd (CFI
+    /// flash; variables persist in MY_VARS.fd, your copy of OVMF_VARS.fd).
+    /// With --kernel, OVMF boots that kernel (EFI stub) through fw_cfg.
     #[arg(long, value_name = "FILE|code=FILE,vars=FILE")]
     pub firmware: Option<String>,
 
@@ -86,13 +88,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "reboot|exit")]
     pub on_reset: Option<String>,
 
-    /// virtio-scsi controller [planned]: controller=N[,queues=Q][,initiator=NAME].
-    /// Each controller is one SCSI initiator port (its own I_T nexus).
+    /// virtio-scsi controller: controller=N[,queues=Q][,initiator=naa.HEX16|iqn.NAME].
+    /// Each controller is one SCSI initiator port (its own I_T nexus); the
+    /// default name derives from --name and N. Repeatable.
     #[arg(long, value_name = "controller=N,...")]
     pub scsi: Vec<String>,
 
-    /// SCSI disk [planned]: path=FILE,controller=N,target=T,lun=L[,readonly=on][,shared=on]
+    /// SCSI disk: path=FILE,controller=N,target=T,lun=L[,readonly=on][,shared=on]
     /// [,serial=S][,wwn=0x...][,block-size=512|4096][,rotational=off].
+    /// shared=on: one persistent-reservation state for every VM that opens
+    /// FILE (cluster disks). Or a host SCSI device passed through with SG_IO:
+    /// sg=/dev/sgN|/dev/sdX,controller=N,target=T,lun=L[,pr=passthrough|emulated|helper:SOCKET]
+    /// [,pr-state=FILE][,allow=OPS][,deny=OPS][,hide-mode-pages=PAGES][,naa=HEX16]. Repeatable.
     #[arg(long, value_name = "path=FILE,...")]
     pub scsi_disk: Vec<String>,
 

@@ -29,9 +29,10 @@ use devices::virtio::scsi::{Controller, ScsiControllerConfig, TargetSlot, Virtio
 use devices::virtio::VirtioDevice;
 use scsi::pr::shared::SharedPr;
 use scsi::pr::Reservations;
+use scsi::sgio::{PassthroughConfig, PassthroughLu, PrRouting};
 use scsi::{
-    Disk, DiskConfig, DiskIdentity, EmulatedTarget, FileBackend, FileOptions, Lun, PortName,
-    TargetPort,
+    Disk, DiskConfig, DiskIdentity, EmulatedTarget, FileBackend, FileOptions, LogicalUnit, Lun,
+    PortName, TargetPort,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -92,6 +93,15 @@ pub enum ScsiConfigError {
         path: PathBuf,
         /// Cause.
         source: std::io::Error,
+    },
+    /// The shared PR state could not be opened.
+    #[error("{path}: SCSI passthrough: {source}")]
+    Passthrough {
+        /// The device.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: scsi::sgio::SgioError,
     },
     /// The shared PR state could not be opened.
     #[error("{path}: persistent reservation state: {source}")]
@@ -160,6 +170,12 @@ pub struct DiskSpec {
     pub block_size: u32,
     /// Report a rotating medium (`rotational=off` reports non-rotating).
     pub rotational: bool,
+    /// `sg=DEVICE`: an SG_IO passthrough LUN over a host SCSI device
+    /// (`path` is then the device), with its passthrough options
+    /// (`pr=`, `allow=`, `deny=`, `hide-mode-pages=`, `vendor=`, `naa=`, ...
+    /// see `scsi::sgio::PassthroughConfig::set`) and `pr-state=FILE` for
+    /// `pr=emulated`.
+    pub passthrough: Option<Vec<(String, String)>>,
 }
 
 fn pairs(spec: &str) -> Result<Vec<(&str, &str)>, ScsiConfigError> {
@@ -258,10 +274,20 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, ScsiConfigError> {
         wwn: None,
         block_size: 512,
         rotational: false,
+        passthrough: None,
     };
+    let mut sg_opts: Vec<(String, String)> = Vec::new();
     for (k, v) in pairs(spec)? {
         match k {
             "path" => path = Some(PathBuf::from(v)),
+            "sg" => {
+                path = Some(PathBuf::from(v));
+                d.passthrough = Some(Vec::new());
+            }
+            "pr" | "pr-state" | "allow" | "deny" | "hide-mode-pages" | "vendor" | "product"
+            | "revision" | "naa" | "timeout-ms" | "max-transfer" => {
+                sg_opts.push((k.to_owned(), v.to_owned()))
+            }
             "controller" => controller = Some(num("controller", v)?),
             "target" => target = Some(num("target", v)?),
             "lun" => {
@@ -299,6 +325,17 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, ScsiConfigError> {
         }
     }
     d.path = path.ok_or_else(|| missing("path"))?;
+    match &mut d.passthrough {
+        Some(opts) => *opts = sg_opts,
+        None if !sg_opts.is_empty() => {
+            return Err(ScsiConfigError::BadValue {
+                key: "sg",
+                value: sg_opts[0].0.clone(),
+                why: "is an option of passthrough disks: give sg=/dev/sgN instead of path=".into(),
+            })
+        }
+        None => {}
+    }
     d.controller = controller.ok_or_else(|| missing("controller"))?;
     d.target = target.ok_or_else(|| missing("target"))?;
     d.lun = lun.ok_or_else(|| missing("lun"))?;
@@ -346,7 +383,58 @@ pub fn parse_all(
     Ok(ctrls.into_values().collect())
 }
 
-/// Open one disk: backend, PR state (shared disks), identity.
+/// Open one logical unit: an emulated disk over a file or block device, or
+/// an SG_IO passthrough LUN. Also returns the text the target port name is
+/// derived from (the same on every VM that opens the same disk).
+fn open_lu(d: &DiskSpec) -> Result<(Arc<dyn LogicalUnit>, String), ScsiConfigError> {
+    let Some(opts) = &d.passthrough else {
+        let disk = open_disk(d)?;
+        let id = disk.config().identity.to_string();
+        return Ok((disk, id));
+    };
+    let perr = |source| ScsiConfigError::Passthrough {
+        path: d.path.clone(),
+        source,
+    };
+    let mut cfg = PassthroughConfig::default();
+    let mut pr_state = None;
+    for (k, v) in opts {
+        if k == "pr-state" {
+            pr_state = Some(PathBuf::from(v));
+        } else {
+            cfg.set(k, v).map_err(perr)?;
+        }
+    }
+    if let Some(serial) = &d.serial {
+        cfg.set("serial", serial).map_err(perr)?;
+    }
+    if matches!(cfg.pr, PrRouting::Emulated) {
+        let pr = match &pr_state {
+            Some(p) => SharedPr::open_at(p),
+            None => SharedPr::open(&d.path),
+        }
+        .map_err(|source| ScsiConfigError::Pr {
+            path: d.path.clone(),
+            source,
+        })?;
+        cfg.reservations = Some(pr as Arc<dyn Reservations>);
+    }
+    let id = opts
+        .iter()
+        .find(|(k, _)| k == "naa")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| {
+            d.path
+                .canonicalize()
+                .unwrap_or_else(|_| d.path.clone())
+                .display()
+                .to_string()
+        });
+    let lu = PassthroughLu::open(&d.path, cfg).map_err(perr)?;
+    Ok((Arc::new(lu), id))
+}
+
+/// Open one emulated disk: backend, PR state (shared disks), identity.
 fn open_disk(d: &DiskSpec) -> Result<Arc<Disk>, ScsiConfigError> {
     let backend = FileBackend::open(
         &d.path,
@@ -427,24 +515,22 @@ pub fn add_controllers(
         let initiator = c.initiator.clone().unwrap_or_else(|| {
             PortName::derived_naa(&format!("arbiter-initiator:{vm_name}/scsi{}", c.controller))
         });
-        let mut by_target: BTreeMap<u8, Vec<(Lun, Arc<Disk>)>> = BTreeMap::new();
+        let mut by_target: BTreeMap<u8, Vec<(Lun, Arc<dyn LogicalUnit>, String)>> = BTreeMap::new();
         for d in &disks {
-            by_target
-                .entry(d.target)
-                .or_default()
-                .push((d.lun, open_disk(d)?));
+            let (lu, id) = open_lu(d)?;
+            by_target.entry(d.target).or_default().push((d.lun, lu, id));
         }
         let mut slots = Vec::new();
         for (tid, mut luns) in by_target {
-            luns.sort_by_key(|(l, _)| *l);
-            let first = luns[0].1.config().identity;
+            luns.sort_by_key(|(l, _, _)| *l);
+            let first = luns[0].2.clone();
             let port = TargetPort {
                 relative_id: 1,
                 name: PortName::derived_naa(&format!("arbiter-target:{first}/{tid}")),
             };
             let target = EmulatedTarget::new();
             let mut lun_ids = Vec::new();
-            for (l, disk) in luns {
+            for (l, disk, _) in luns {
                 target
                     .add_lun(l, disk)
                     .map_err(|e| ScsiConfigError::Controller {
@@ -567,8 +653,28 @@ mod tests {
                 wwn: Some("0x5000c500a1b2c3d4".into()),
                 block_size: 4096,
                 rotational: true,
+                passthrough: None,
             }
         );
+        // A passthrough LUN: sg= names the device, its options ride along.
+        let d = parse_disk(
+            "sg=/dev/sg3,controller=0,target=1,lun=2,pr=helper:/run/pr.sock,naa=6001405abcdef0123,deny=35",
+        )
+        .unwrap();
+        assert_eq!(d.path, PathBuf::from("/dev/sg3"));
+        assert_eq!(
+            d.passthrough,
+            Some(vec![
+                ("pr".to_owned(), "helper:/run/pr.sock".to_owned()),
+                ("naa".to_owned(), "6001405abcdef0123".to_owned()),
+                ("deny".to_owned(), "35".to_owned()),
+            ])
+        );
+        // Passthrough options on an emulated disk are refused, not ignored.
+        assert!(matches!(
+            parse_disk("path=x.img,controller=0,target=0,lun=0,pr=emulated"),
+            Err(ScsiConfigError::BadValue { key: "sg", .. })
+        ));
         let d = parse_disk("path=x,controller=0,target=0,lun=0").unwrap();
         assert!(!d.readonly && !d.shared && !d.rotational && d.block_size == 512);
         for bad in [

@@ -432,3 +432,37 @@ fn two_request_queues_with_msix_vectors() {
     }
     assert_eq!(out.status, Some(33), "{out:?}");
 }
+
+/// `sg=` disks are SG_IO passthrough LUNs: a path that is not a SCSI device
+/// node, or a missing one, is refused at start-up with a one-line error.
+#[test]
+fn passthrough_disks_must_be_scsi_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain.img");
+    std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
+    let hello = arbiter_tests::guests::path("hello");
+    for (dev, expect) in [
+        (
+            file.display().to_string(),
+            "is not a SCSI generic or block device node",
+        ),
+        ("/nonexistent/sg9".to_owned(), "/nonexistent/sg9"),
+    ] {
+        let spec = format!("sg={dev},controller=0,target=0,lun=0,pr=passthrough");
+        let out = VmRun::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args([
+                "run",
+                "--memory",
+                "64M",
+                "--kernel",
+                hello.to_str().unwrap(),
+                "--scsi-disk",
+                &spec,
+            ])
+            .run()
+            .unwrap();
+        assert_eq!(out.status, Some(1), "{}", out.stderr);
+        assert!(out.stderr.contains(expect), "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    }
+}
