@@ -383,6 +383,9 @@ pub fn parse_all(
     Ok(ctrls.into_values().collect())
 }
 
+/// An opened logical unit with its LUN and its port-name identity text.
+type OpenLu = (Lun, Arc<dyn LogicalUnit>, String);
+
 /// Open one logical unit: an emulated disk over a file or block device, or
 /// an SG_IO passthrough LUN. Also returns the text the target port name is
 /// derived from (the same on every VM that opens the same disk).
@@ -515,7 +518,7 @@ pub fn add_controllers(
         let initiator = c.initiator.clone().unwrap_or_else(|| {
             PortName::derived_naa(&format!("arbiter-initiator:{vm_name}/scsi{}", c.controller))
         });
-        let mut by_target: BTreeMap<u8, Vec<(Lun, Arc<dyn LogicalUnit>, String)>> = BTreeMap::new();
+        let mut by_target: BTreeMap<u8, Vec<OpenLu>> = BTreeMap::new();
         for d in &disks {
             let (lu, id) = open_lu(d)?;
             by_target.entry(d.target).or_default().push((d.lun, lu, id));
