@@ -33,7 +33,6 @@ pub struct VmRun {
     args: Vec<String>,
     timeout: Duration,
     stdin: Option<Vec<u8>>,
-    stop_when: Option<String>,
 }
 
 impl VmRun {
@@ -44,7 +43,6 @@ impl VmRun {
             args: Vec::new(),
             timeout: Duration::from_secs(60),
             stdin: None,
-            stop_when: None,
         }
     }
 
@@ -67,14 +65,6 @@ impl VmRun {
     /// Bytes fed to arbiter's stdin (the guest's serial input).
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());
-        self
-    }
-
-    /// Stop the VM (kill it) as soon as its stdout contains `pattern`: for
-    /// guests that never power off, like a firmware shell. `timed_out` stays
-    /// false when the pattern ended the run.
-    pub fn stop_when(mut self, pattern: &str) -> Self {
-        self.stop_when = Some(pattern.to_owned());
         self
     }
 
@@ -104,18 +94,10 @@ impl VmRun {
             .stderr
             .take()
             .ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = seen.clone();
         let out_t = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(&buf[..n]);
-            }
+            let mut v = Vec::new();
+            let _ = out_pipe.read_to_end(&mut v);
+            v
         });
         let err_t = std::thread::spawn(move || {
             let mut v = Vec::new();
@@ -128,14 +110,6 @@ impl VmRun {
             if let Some(st) = child.try_wait()? {
                 break st;
             }
-            if let Some(p) = &self.stop_when {
-                let got = seen.lock().unwrap_or_else(|e| e.into_inner());
-                if String::from_utf8_lossy(&got).contains(p.as_str()) {
-                    drop(got);
-                    let _ = child.kill();
-                    break child.wait()?;
-                }
-            }
             if start.elapsed() > self.timeout {
                 timed_out = true;
                 let _ = child.kill();
@@ -143,9 +117,7 @@ impl VmRun {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let _ = out_t.join();
-        let stdout =
-            String::from_utf8_lossy(&seen.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let stdout = String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned();
         let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
         Ok(Outcome {
             status: status.code(),

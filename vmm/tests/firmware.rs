@@ -1,6 +1,8 @@
 //! UEFI firmware plumbing: fw_cfg as a guest sees it, and the --firmware
-//! checks. OVMF itself only runs where real guests do (hardware VMX/SVM, or
-//! the nested lab: tests/tests/lab_*.rs).
+//! checks. OVMF itself only runs where real guests do: the lab scenario
+//! `lab_arbiter_ovmf_shell_fwcfg_kernel_and_virtio_scsi_esp`
+//! (tests/tests/lab_arbiter.rs) runs it directly on a VMX/SVM host and
+//! nested elsewhere.
 
 use arbiter_tests::{guests, kvm, vm::Outcome, vm::VmRun};
 
@@ -88,43 +90,6 @@ fn firmware_errors_are_one_line_and_clear() {
     assert!(
         out.stderr.contains("/nonexistent/CODE.fd"),
         "{}",
-        out.stderr
-    );
-}
-
-/// On a host with hardware virtualization: stock OVMF reaches the UEFI shell.
-#[test]
-fn ovmf_boots_to_the_uefi_shell_with_hardware_kvm() {
-    const NAME: &str = "ovmf_boots_to_the_uefi_shell_with_hardware_kvm";
-    if !kvm::hardware_virtualization() {
-        return kvm::skip(
-            NAME,
-            "no VMX/SVM here; the nested lab runs this scenario (tests/tests/lab_*.rs)",
-        );
-    }
-    let Some(code) = [
-        "/usr/share/OVMF/OVMF_CODE_4M.fd",
-        "/usr/share/OVMF/OVMF_CODE.fd",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists()) else {
-        return kvm::skip(NAME, "Debian's ovmf package is not installed");
-    };
-    let vars_template = code.replace("CODE", "VARS");
-    let dir = tempfile::tempdir().unwrap();
-    let vars = dir.path().join("VARS.fd");
-    std::fs::copy(&vars_template, &vars).unwrap();
-    let spec = format!("code={code},vars={}", vars.display());
-    let out = arbiter()
-        .args(["run", "--memory", "512M", "--firmware", &spec])
-        .timeout(std::time::Duration::from_secs(120))
-        .stop_when("Shell>")
-        .run()
-        .unwrap();
-    assert!(
-        out.stdout.contains("Shell>"),
-        "OVMF did not reach the shell:\n{}\n{}",
-        out.stdout,
         out.stderr
     );
 }
