@@ -244,17 +244,11 @@ fn lab_arbiter_ovmf_shell_fwcfg_kernel_and_virtio_scsi_esp() {
 /// the order of `lab::PR_STEPS`, and every status must be the one Linux's
 /// LIO target gives (`lab_reference_pr_sequence_against_linux_lio`).
 ///
-/// One step fails today: after node B (the other arbiter process) preempts
-/// node A, `sg_turs` on A returns GOOD instead of UNIT ATTENTION /
-/// REGISTRATIONS PREEMPTED (2A/05). The unit attention does reach A: A's
-/// kernel logs "sd 0:0:0:0: Parameters changed" (its report of an ASC 2A
-/// sense) at that very step, and A's next WRITE gets RESERVATION CONFLICT;
-/// the freestanding-guest test `two_vms_arbitrate_one_shared_disk` (vmm/tests)
-/// sees 2A/05 on A's next command byte for byte. Where Linux consumed it
-/// (a midlayer retry of the TEST UNIT READY?) is not settled yet; the step
-/// needs to observe the condition in a way Linux cannot absorb.
+/// Each node looks its data disk up once per boot (pr-node.sh): reading the
+/// disk between steps would let a block-layer READ meet the REGISTRATIONS
+/// PREEMPTED unit attention first, and Linux retries such a READ silently, so
+/// `sg_turs` on node A would then see GOOD.
 #[test]
-#[ignore = "2A/05 reaches the guest kernel but not sg_turs (see above); run with --ignored"]
 fn lab_two_arbiter_vms_share_a_disk_through_the_pr_sequence() {
     let shared = DiskOpts {
         shared: true,
