@@ -25,15 +25,20 @@
 //!   last-user rules are documented in [`shared`].
 //! * PREEMPT AND ABORT: call [`Reservations::reserve_out_with_aborts`]; its
 //!   [`PrOutResult::abort`] names the preempted registrants whose commands
-//!   the logical unit must abort. Only commands of this process can be
-//!   aborted that way; nexuses of other processes see the preemption at their
-//!   next command (REGISTRATIONS PREEMPTED, then RESERVATION CONFLICT).
+//!   the logical unit marks aborted in its own task set. Commands of every
+//!   process (this one included) are stopped by the abort fence ([`fence`]):
+//!   a logical unit takes [`Reservations::abort_epoch`] when a command enters
+//!   its task set, holds a [`Reservations::enter_io`] pass around every
+//!   WRITE-class command, and asks [`Reservations::aborted_since`] when a
+//!   command completes. [`fence`] states the guarantee exactly.
 
+pub mod fence;
 pub mod shared;
 pub mod state;
 
+pub use fence::IoPass;
 pub use shared::{SharedPr, SharedPrError};
-pub use state::{MemoryPr, PrOutResult, PrState, PrType, RegistrantId};
+pub use state::{AbortLog, MemoryPr, PrOutResult, PrState, PrType, RegistrantId};
 
 use crate::nexus::ItNexus;
 use crate::sense::{Sense, Status};
@@ -134,6 +139,29 @@ pub trait Reservations: Send + Sync + std::fmt::Debug {
             outcome: self.reserve_out(nexus, cdb, params),
             abort: Vec::new(),
         }
+    }
+
+    /// The abort epoch now ([`fence`]): a logical unit reads it when a
+    /// command enters its task set and hands it to [`Self::enter_io`] and
+    /// [`Self::aborted_since`]. One atomic load.
+    fn abort_epoch(&self) -> u64 {
+        0
+    }
+
+    /// Before a WRITE-class command of `nexus` (which entered the task set at
+    /// abort epoch `since`) touches the medium: `None` if a PREEMPT AND ABORT
+    /// preempted the nexus since then (the command must end with TASK ABORTED
+    /// and change nothing), else a pass to hold until its I/O is over.
+    fn enter_io(&self, _nexus: &ItNexus, _since: u64) -> Option<IoPass<'_>> {
+        Some(IoPass::unfenced())
+    }
+
+    /// When a command of `nexus` that entered the task set at abort epoch
+    /// `since` completes: whether a PREEMPT AND ABORT preempted the nexus
+    /// since then (it then answers TASK ABORTED). One atomic load unless an
+    /// abort happened meanwhile.
+    fn aborted_since(&self, _nexus: &ItNexus, _since: u64) -> bool {
+        false
     }
 
     /// The persisted 16-byte identity of the disk this state belongs to (see

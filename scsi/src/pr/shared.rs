@@ -8,7 +8,7 @@
 //! |-------------------|-----------------------------------------------------------|
 //! | `disk.img.pr`       | the state ([`PrState`] + disk UUID), replaced atomically |
 //! | `disk.img.pr.tmp`   | the next state while it is being written                  |
-//! | `disk.img.pr.lock`  | 4 KiB: `flock(LOCK_EX)` = the update lock; bytes 0..8 = the shared version counter (mmap) |
+//! | `disk.img.pr.lock`  | 16 KiB: `flock(LOCK_EX)` = the update lock; mmap: bytes 0..8 the shared version counter, 8..16 the abort epoch, then one 64-byte abort-fence slot per process |
 //! | `disk.img.pr.users` | every opener holds `flock(LOCK_SH)` on it while it has the disk open |
 //!
 //! The base path is `canonicalize(image) + ".pr"` ([`SharedPr::open`]) or one
@@ -50,6 +50,20 @@
 //!   attentions always; registrations, the reservation and PRgeneration
 //!   unless APTPL is set). Within one process, [`SharedPr::open`] returns the
 //!   same object for the same disk, so the process counts as one user.
+//! * **PREEMPT AND ABORT** across processes: the abort fence of
+//!   [`super::fence`]. The state's [`super::state::AbortLog`] records the
+//!   preempted registrants per abort epoch; the epoch is published in the
+//!   mmap (bytes 8..16) after the state file; each open [`SharedPr`] owns one
+//!   of 255 slots (64 bytes from byte 64: two in-flight counters), claimed
+//!   under the update lock by taking an OFD write lock (`F_OFD_SETLK`) on the
+//!   slot's first byte. The lock dies with its process, so a PREEMPT AND
+//!   ABORT waiting for a slot's writes skips slots whose lock is gone
+//!   (`F_OFD_GETLK`), and the next opener resets them. A 256th concurrent
+//!   opener of one disk is refused ([`SharedPrError::TooManyUsers`]). The
+//!   update that records a new epoch publishes it and waits for the writes
+//!   of the previous epoch before releasing the update lock; an update that
+//!   finds the file's epoch ahead of the mmap (a writer killed in between)
+//!   publishes it first.
 //! * **Unit attentions** for nexuses in other processes are stored in the
 //!   state file and taken (removed under the lock) by the process that owns
 //!   the nexus, on its next command.
@@ -73,6 +87,8 @@
 //!          reservation: u8 present, then { id (holder), type u8 }
 //!          scsi2: u8 present, then { port name, target port }
 //!          unit attentions: count u32, then { id, asc u8, ascq u8 }
+//!          [only when an abort epoch exists: abort epoch u64, floor u64,
+//!           count u32, then { epoch u64, id }]
 //! id         = port name, u8 has-target, [target port]
 //! target port = relative id u16, port name
 //! port name  = u16 length, TransportID (SPC-4 7.6.4)
@@ -91,15 +107,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use super::state::{PendingUa, PrOutResult, PrState, PrType, RegistrantId, Registration};
-use super::state::{MAX_PENDING_UAS, MAX_REGISTRATIONS};
+use super::fence::{self, IoPass, ABORT_WAIT};
+use super::state::{AbortLog, PendingUa, PrOutResult, PrState, PrType, RegistrantId, Registration};
+use super::state::{MAX_ABORT_RECORDS, MAX_PENDING_UAS, MAX_REGISTRATIONS};
 use super::{PrAccess, PrOutcome, Reservations};
 use crate::nexus::{fnv1a64, ItNexus, PortName, TargetPort};
 use crate::sense::{codes, Sense};
 
 const MAGIC: &[u8; 8] = b"ARBITPR1";
 const HEADER: usize = 36;
-const LOCK_FILE_LEN: usize = 4096;
+const LOCK_FILE_LEN: usize = 16384;
+/// Offset of the abort epoch in the mmap of `.pr.lock`.
+const EPOCH_OFF: usize = 8;
+/// Offset of the first abort-fence slot; each slot is one cache line.
+const SLOTS_OFF: usize = 64;
+const SLOT_LEN: usize = 64;
+/// Processes (open [`SharedPr`]s) one disk can have at once.
+const SLOTS: usize = (LOCK_FILE_LEN - SLOTS_OFF) / SLOT_LEN;
 
 /// Why the shared PR state could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +141,9 @@ pub enum SharedPrError {
     /// The state file is not a valid state (bad magic, checksum or content).
     #[error("PR state file {0} is corrupt: {1}")]
     Corrupt(PathBuf, &'static str),
+    /// Every abort-fence slot of the disk is owned by a live opener.
+    #[error("{0}: more than {SLOTS} processes have this disk open")]
+    TooManyUsers(PathBuf),
 }
 
 fn io_err<'a>(
@@ -163,10 +190,79 @@ impl SharedCounter {
     }
 
     fn atomic(&self) -> &AtomicU64 {
-        // SAFETY: `ptr` is page aligned (so 8-byte aligned), points to at
-        // least 8 mapped bytes that live as long as `self`, and every access
-        // to them, in any process, is atomic.
-        unsafe { &*(self.ptr as *const AtomicU64) }
+        self.at(0)
+    }
+
+    /// The 8-byte word at byte `off` (a multiple of 8 below LOCK_FILE_LEN).
+    fn at(&self, off: usize) -> &AtomicU64 {
+        assert!(off % 8 == 0 && off + 8 <= LOCK_FILE_LEN);
+        // SAFETY: `ptr` is page aligned and `off` a multiple of 8, so the
+        // word is 8-byte aligned; it lies inside the LOCK_FILE_LEN mapped
+        // bytes, which live as long as `self`; every access to them, in any
+        // process, is atomic.
+        unsafe { &*(self.ptr.cast::<u8>().add(off).cast::<AtomicU64>()) }
+    }
+
+    fn epoch(&self) -> &AtomicU64 {
+        self.at(EPOCH_OFF)
+    }
+
+    /// The two in-flight counters of slot `i` (< SLOTS).
+    fn slot(&self, i: usize) -> &[AtomicU64; 2] {
+        let off = SLOTS_OFF + i * SLOT_LEN;
+        assert!(i < SLOTS);
+        // SAFETY: 16 bytes at a 64-byte aligned offset inside the mapping,
+        // accessed only atomically; [AtomicU64; 2] has the layout of two
+        // consecutive AtomicU64 words.
+        unsafe { &*(self.ptr.cast::<u8>().add(off).cast::<[AtomicU64; 2]>()) }
+    }
+}
+
+/// An OFD lock request on the first byte of fence slot `i`.
+fn slot_lock_request(i: usize, ty: libc::c_int) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a
+    // valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::c_short::try_from(ty).unwrap_or(0);
+    fl.l_whence = libc::c_short::try_from(libc::SEEK_SET).unwrap_or(0);
+    fl.l_start = libc::off_t::try_from(SLOTS_OFF + i * SLOT_LEN).unwrap_or(0);
+    fl.l_len = 1;
+    fl
+}
+
+/// Try to own slot `i` with an OFD write lock through `file`.
+fn try_claim_slot(file: &File, i: usize) -> bool {
+    let mut fl = slot_lock_request(i, libc::F_WRLCK);
+    // SAFETY: fcntl on a descriptor we own with a valid flock struct.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) == 0 }
+}
+
+/// Whether some other open file description holds slot `i` (its owner
+/// lives). Errors count as alive (wait rather than skip).
+fn slot_alive(file: &File, i: usize) -> bool {
+    let mut fl = slot_lock_request(i, libc::F_WRLCK);
+    // SAFETY: fcntl on a descriptor we own with a valid flock struct.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    r != 0 || fl.l_type != libc::c_short::try_from(libc::F_UNLCK).unwrap_or(2)
+}
+
+/// Publish abort epoch `new` (already in the state file) and wait until the
+/// live slots' writes of the previous epoch are over. Call with the update
+/// lock held. `own` is the caller's slot (alive by definition).
+fn publish_epoch(counter: &SharedCounter, file: &File, own: Option<usize>, new: u64) {
+    let old = counter.epoch().load(Ordering::SeqCst);
+    if old >= new {
+        return;
+    }
+    counter.epoch().store(new, Ordering::SeqCst);
+    let busy = || {
+        (0..SLOTS).any(|i| {
+            fence::parity(counter.slot(i), old).load(Ordering::SeqCst) != 0
+                && (own == Some(i) || slot_alive(file, i))
+        })
+    };
+    if !fence::drain(ABORT_WAIT, busy) {
+        log::warn!("PREEMPT AND ABORT: writes in flight did not finish in {ABORT_WAIT:?}");
     }
 }
 
@@ -243,6 +339,8 @@ pub struct SharedPr {
     id: u64,
     uuid: [u8; 16],
     ports: Mutex<Vec<TargetPort>>,
+    /// This opener's abort-fence slot.
+    slot: usize,
 }
 
 type Registry = Mutex<HashMap<PathBuf, Weak<SharedPr>>>;
@@ -376,6 +474,14 @@ impl SharedPr {
             write_state_file(base, version, &uuid, &state, state.aptpl || before.aptpl)?;
         }
         counter.atomic().store(version, Ordering::Release);
+        let Some(slot) = (0..SLOTS).find(|&i| try_claim_slot(&lock_file, i)) else {
+            return Err(SharedPrError::TooManyUsers(base.to_path_buf()));
+        };
+        // The previous owner (if any) is gone: its counts mean nothing.
+        for c in counter.slot(slot) {
+            c.store(0, Ordering::SeqCst);
+        }
+        publish_epoch(&counter, &lock_file, Some(slot), state.aborts.epoch);
         // Convert to the shared "I am a user" lock (cannot block: only a
         // holder of the update lock ever takes LOCK_EX on the users file).
         flock(&users_file, libc::LOCK_SH).map_err(io_err("flock", &users_path))?;
@@ -395,6 +501,7 @@ impl SharedPr {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             uuid,
             ports: Mutex::new(Vec::new()),
+            slot,
         })
     }
 
@@ -506,6 +613,15 @@ impl SharedPr {
             }
             Err(e) => return Err(e),
         };
+        if state.aborts.epoch > self.counter.epoch().load(Ordering::SeqCst) {
+            // A writer died between its rename and publishing its epoch.
+            publish_epoch(
+                &self.counter,
+                &self.lock_file,
+                Some(self.slot),
+                state.aborts.epoch,
+            );
+        }
         let before = state.clone();
         let r = f(&mut state);
         let counter = self.counter.atomic();
@@ -521,11 +637,20 @@ impl SharedPr {
             )?;
         }
         counter.store(version, Ordering::Release);
-        let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        *c = Cached {
-            version,
-            state: Arc::new(state),
-        };
+        let epoch = state.aborts.epoch;
+        {
+            let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            *c = Cached {
+                version,
+                state: Arc::new(state),
+            };
+        }
+        if epoch > before.aborts.epoch {
+            // A PREEMPT AND ABORT: publish its epoch, and wait for the
+            // writes already in flight, before the update lock is released
+            // (so aborts publish and wait one at a time).
+            publish_epoch(&self.counter, &self.lock_file, Some(self.slot), epoch);
+        }
         Ok((r, version))
     }
 
@@ -651,6 +776,23 @@ impl Reservations for SharedPr {
     fn disk_uuid(&self) -> Option<[u8; 16]> {
         Some(self.uuid)
     }
+
+    fn abort_epoch(&self) -> u64 {
+        self.counter.epoch().load(Ordering::SeqCst)
+    }
+
+    fn enter_io(&self, nexus: &ItNexus, since: u64) -> Option<IoPass<'_>> {
+        fence::enter(
+            self.counter.epoch(),
+            self.counter.slot(self.slot),
+            since,
+            |since| self.with_state(|s| s.aborts.aborted(nexus, since)),
+        )
+    }
+
+    fn aborted_since(&self, nexus: &ItNexus, since: u64) -> bool {
+        self.abort_epoch() != since && self.with_state(|s| s.aborts.aborted(nexus, since))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -757,6 +899,15 @@ pub fn encode(version: u64, uuid: &[u8; 16], s: &PrState) -> Vec<u8> {
         put_id(&mut p, &u.to);
         p.push(u.asc);
         p.push(u.ascq);
+    }
+    if s.aborts != AbortLog::default() {
+        p.extend_from_slice(&s.aborts.epoch.to_be_bytes());
+        p.extend_from_slice(&s.aborts.floor.to_be_bytes());
+        put_count(&mut p, s.aborts.records.len());
+        for (e, id) in &s.aborts.records {
+            p.extend_from_slice(&e.to_be_bytes());
+            put_id(&mut p, id);
+        }
     }
     let mut out = Vec::with_capacity(HEADER + p.len() + 8);
     out.extend_from_slice(MAGIC);
@@ -884,6 +1035,27 @@ pub fn decode(b: &[u8]) -> DecodeResult<(u64, [u8; 16], PrState)> {
         let asc = r.u8()?;
         let ascq = r.u8()?;
         s.pending_ua.push(PendingUa { to, asc, ascq });
+    }
+    if r.at != body.len() {
+        let epoch = r.u64()?;
+        let floor = r.u64()?;
+        let n = r.count(MAX_ABORT_RECORDS)?;
+        let mut records = Vec::with_capacity(n);
+        for _ in 0..n {
+            let e = r.u64()?;
+            if e <= floor || e > epoch {
+                return Err("abort record outside its epochs");
+            }
+            records.push((e, r.id()?));
+        }
+        if floor > epoch {
+            return Err("abort floor above the epoch");
+        }
+        s.aborts = AbortLog {
+            epoch,
+            floor,
+            records,
+        };
     }
     if r.at != body.len() {
         return Err("trailing bytes");

@@ -243,6 +243,63 @@ pub struct PrState {
     pub scsi2: Option<ItNexus>,
     /// Unit attentions raised for other nexuses, oldest first.
     pub pending_ua: Vec<PendingUa>,
+    /// Which registrants PREEMPT AND ABORT preempted, by abort epoch: what
+    /// lets every process decide whether one of its outstanding commands was
+    /// aborted (see [`super::fence`]).
+    pub aborts: AbortLog,
+}
+
+/// Most records an [`AbortLog`] keeps; the oldest epochs are dropped beyond.
+pub const MAX_ABORT_RECORDS: usize = 256;
+
+/// The PREEMPT AND ABORT history of a logical unit.
+///
+/// Each successful PREEMPT AND ABORT that preempted someone takes the next
+/// abort epoch (`epoch + 1`) and records every preempted registrant under it.
+/// A command remembers the epoch current when it entered its task set
+/// (`since`); it has been aborted if a record with a later epoch covers its
+/// I_T nexus ([`AbortLog::aborted`]). Old epochs are dropped beyond
+/// [`MAX_ABORT_RECORDS`] records; `floor` is the newest dropped epoch, and a
+/// command older than it counts as aborted (its answer is unknown, so the
+/// safe one is given).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AbortLog {
+    /// The newest abort epoch (0 = no PREEMPT AND ABORT ever).
+    pub epoch: u64,
+    /// Every epoch up to this one was dropped from `records`.
+    pub floor: u64,
+    /// (epoch, preempted registrant), oldest first.
+    pub records: Vec<(u64, RegistrantId)>,
+}
+
+impl AbortLog {
+    /// Record one PREEMPT AND ABORT that preempted `ids`; returns its epoch.
+    pub fn push(&mut self, ids: &[RegistrantId]) -> u64 {
+        self.epoch += 1;
+        for id in ids {
+            self.records.push((self.epoch, id.clone()));
+        }
+        while self.records.len() > MAX_ABORT_RECORDS {
+            let oldest = self.records[0].0;
+            self.records.retain(|r| r.0 != oldest);
+            self.floor = oldest;
+        }
+        self.epoch
+    }
+
+    /// Whether a command of `nexus` that entered the task set at abort
+    /// epoch `since` was aborted by a later PREEMPT AND ABORT.
+    pub fn aborted(&self, nexus: &ItNexus, since: u64) -> bool {
+        if since >= self.epoch {
+            return false;
+        }
+        if since < self.floor {
+            return true;
+        }
+        self.records
+            .iter()
+            .any(|(e, id)| *e > since && id.covers(nexus))
+    }
 }
 
 /// What a PERSISTENT RESERVE OUT did besides its status: which nexuses the
@@ -526,6 +583,9 @@ impl PrState {
     pub fn power_loss(&mut self) {
         self.scsi2 = None;
         self.pending_ua.clear();
+        // No command outlives its process; the epoch keeps counting up.
+        self.aborts.floor = self.aborts.epoch;
+        self.aborts.records.clear();
         if !self.aptpl {
             self.registrations.clear();
             self.reservation = None;
@@ -826,6 +886,9 @@ impl PrState {
             }
         }
         self.bump();
+        if abort && !removed.is_empty() {
+            self.aborts.push(&removed);
+        }
         PrOutResult {
             outcome: PrOutcome::good(),
             abort: if abort { removed } else { Vec::new() },
@@ -1003,11 +1066,12 @@ fn pos16(n: usize) -> u16 {
 }
 
 /// Reservations of a logical unit that only this process uses: the state
-/// machine behind a mutex. (Disks shared between processes use
-/// [`super::shared::SharedPr`].)
+/// machine behind a mutex, with an in-process abort fence. (Disks shared
+/// between processes use [`super::shared::SharedPr`].)
 #[derive(Debug, Default)]
 pub struct MemoryPr {
     state: std::sync::Mutex<PrState>,
+    fence: super::fence::LocalFence,
 }
 
 impl MemoryPr {
@@ -1038,7 +1102,28 @@ impl super::Reservations for MemoryPr {
     }
 
     fn reserve_out_with_aborts(&self, nexus: &ItNexus, cdb: &[u8], params: &[u8]) -> PrOutResult {
-        self.lock().pr_out(nexus, cdb, params, &[])
+        let mut s = self.lock();
+        let r = s.pr_out(nexus, cdb, params, &[]);
+        if !r.abort.is_empty() {
+            // Still under the lock, so PREEMPT AND ABORTs publish and wait
+            // one at a time.
+            self.fence.publish_and_wait(s.aborts.epoch);
+        }
+        r
+    }
+
+    fn abort_epoch(&self) -> u64 {
+        self.fence.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn enter_io(&self, nexus: &ItNexus, since: u64) -> Option<super::IoPass<'_>> {
+        super::fence::enter(&self.fence.epoch, &self.fence.slot, since, |since| {
+            self.lock().aborts.aborted(nexus, since)
+        })
+    }
+
+    fn aborted_since(&self, nexus: &ItNexus, since: u64) -> bool {
+        self.abort_epoch() != since && self.lock().aborts.aborted(nexus, since)
     }
 
     fn reserve_in(&self, nexus: &ItNexus, cdb: &[u8]) -> PrOutcome {
