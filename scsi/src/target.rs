@@ -2,7 +2,7 @@
 //! SCSI target: SAM-5's "execute command" and "task management function"
 //! procedure calls.
 
-use std::io::{Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 
 use crate::nexus::ItNexus;
 use crate::sense::Status;
@@ -46,7 +46,7 @@ pub struct Request<'a> {
 #[derive(Debug)]
 pub struct DataOut<'a> {
     /// Source of the bytes.
-    pub reader: &'a mut dyn ReadDebug,
+    pub reader: &'a mut dyn DataOutSource,
     /// How many bytes the initiator provided.
     pub len: usize,
 }
@@ -55,17 +55,131 @@ pub struct DataOut<'a> {
 #[derive(Debug)]
 pub struct DataIn<'a> {
     /// Sink for the bytes.
-    pub writer: &'a mut dyn WriteDebug,
+    pub writer: &'a mut dyn DataInSink,
     /// How many bytes the initiator's buffer holds.
     pub len: usize,
 }
 
-/// `Read + Debug`, so the buffers can be debug-printed.
-pub trait ReadDebug: Read + std::fmt::Debug {}
-impl<T: Read + std::fmt::Debug> ReadDebug for T {}
-/// `Write + Debug`, so the buffers can be debug-printed.
-pub trait WriteDebug: Write + std::fmt::Debug {}
-impl<T: Write + std::fmt::Debug> WriteDebug for T {}
+/// Fills buffers in place (e.g. a backend `preadv` into them).
+pub type FillFn<'f> = dyn FnMut(&mut [IoSliceMut<'_>]) -> io::Result<()> + 'f;
+/// Consumes buffers in place (e.g. a backend `pwritev` from them).
+pub type DrainFn<'f> = dyn FnMut(&[IoSlice<'_>]) -> io::Result<()> + 'f;
+
+fn short_buffer(what: &str, need: usize, have: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("{what} of {have} bytes cannot hold {need}"),
+    )
+}
+
+/// Where a command's data-in goes: a [`Write`] (response data built by the
+/// target is written to it) that can also lend its memory, so that medium
+/// data is read straight into the initiator's buffer (no bounce buffer, no
+/// copy).
+pub trait DataInSink: Write + std::fmt::Debug {
+    /// Lend the next `len` bytes of the sink to `fill`, which fills all of
+    /// them in place; if it succeeds they count as written, if it fails
+    /// nothing does (the sink stays where it was; the bytes it lent are left
+    /// unspecified) and its error is returned. A sink with room for fewer
+    /// than `len` bytes fails without calling `fill`.
+    ///
+    /// The default fills a bounce buffer and writes it with `write_all`;
+    /// sinks backed by memory override it.
+    fn write_in_place(&mut self, len: usize, fill: &mut FillFn<'_>) -> io::Result<()> {
+        let mut buf = vec![0u8; len];
+        fill(&mut [IoSliceMut::new(&mut buf)])?;
+        self.write_all(&buf)
+    }
+}
+
+impl DataInSink for Vec<u8> {
+    fn write_in_place(&mut self, len: usize, fill: &mut FillFn<'_>) -> io::Result<()> {
+        let start = self.len();
+        self.resize(start + len, 0);
+        let r = fill(&mut [IoSliceMut::new(&mut self[start..])]);
+        if r.is_err() {
+            self.truncate(start);
+        }
+        r
+    }
+}
+
+impl DataInSink for &mut [u8] {
+    fn write_in_place(&mut self, len: usize, fill: &mut FillFn<'_>) -> io::Result<()> {
+        if len > self.len() {
+            return Err(short_buffer("data-in buffer", len, self.len()));
+        }
+        let buf = std::mem::take(self);
+        let r = fill(&mut [IoSliceMut::new(&mut buf[..len])]);
+        *self = if r.is_ok() { &mut buf[len..] } else { buf };
+        r
+    }
+}
+
+impl DataInSink for io::Cursor<&mut [u8]> {}
+impl DataInSink for io::Cursor<Vec<u8>> {}
+impl DataInSink for io::Sink {}
+
+/// Where a command's data-out comes from: a [`Read`] that can also lend its
+/// memory, so that medium data is written straight from the initiator's
+/// buffer.
+pub trait DataOutSource: Read + std::fmt::Debug {
+    /// Lend the next `len` bytes of the source to `drain`; if it succeeds
+    /// they count as read, if it fails nothing does and its error is
+    /// returned. A source with fewer than `len` bytes fails without calling
+    /// `drain`.
+    ///
+    /// The default reads them into a bounce buffer first.
+    fn read_in_place(&mut self, len: usize, drain: &mut DrainFn<'_>) -> io::Result<()> {
+        let mut buf = vec![0u8; len];
+        self.read_exact(&mut buf)?;
+        drain(&[IoSlice::new(&buf)])
+    }
+}
+
+impl DataOutSource for &[u8] {
+    fn read_in_place(&mut self, len: usize, drain: &mut DrainFn<'_>) -> io::Result<()> {
+        if len > self.len() {
+            return Err(short_buffer("data-out buffer", len, self.len()));
+        }
+        drain(&[IoSlice::new(&self[..len])])?;
+        *self = &self[len..];
+        Ok(())
+    }
+}
+
+impl DataOutSource for io::Cursor<&[u8]> {}
+impl DataOutSource for io::Cursor<Vec<u8>> {}
+impl DataOutSource for io::Empty {}
+
+/// Any [`Write`] as a [`DataInSink`] (bytes lent in place go through a
+/// bounce buffer).
+#[derive(Debug)]
+pub struct WriteSink<W>(pub W);
+
+impl<W: Write> Write for WriteSink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write + std::fmt::Debug> DataInSink for WriteSink<W> {}
+
+/// Any [`Read`] as a [`DataOutSource`] (bytes lent in place go through a
+/// bounce buffer).
+#[derive(Debug)]
+pub struct ReadSource<R>(pub R);
+
+impl<R: Read> Read for ReadSource<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read + std::fmt::Debug> DataOutSource for ReadSource<R> {}
 
 /// The target's answer to a command that reached it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,4 +279,285 @@ pub trait ScsiTarget: Send + Sync {
     /// without consuming it (virtio-scsi PARAM_CHANGE events and QUERY
     /// ASYNCHRONOUS EVENT use it).
     fn pending_unit_attention(&self, nexus: &ItNexus, lun: Lun) -> Option<crate::sense::Sense>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::MemBackend;
+    use crate::disk::{Disk, DiskConfig, DiskIdentity};
+    use crate::emulated::EmulatedTarget;
+    use crate::nexus::{PortName, TargetPort};
+
+    /// A fill that writes 1, 2, 3, ... across the lent buffers.
+    fn counting(bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        let mut v = 1u8;
+        for b in bufs.iter_mut() {
+            for x in b.iter_mut() {
+                *x = v;
+                v = v.wrapping_add(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn failing(_: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        Err(io::Error::other("backend failed"))
+    }
+
+    #[test]
+    fn vec_sink_appends_in_place_and_rolls_back_on_failure() {
+        let mut v = vec![9u8];
+        v.write_in_place(3, &mut counting).unwrap();
+        assert_eq!(v, [9, 1, 2, 3]);
+        assert!(v.write_in_place(2, &mut failing).is_err());
+        assert_eq!(v, [9, 1, 2, 3], "a failed fill counts as nothing written");
+    }
+
+    #[test]
+    fn slice_sink_advances_only_on_success() {
+        let mut buf = [0u8; 5];
+        {
+            let mut s: &mut [u8] = &mut buf;
+            s.write_in_place(2, &mut counting).unwrap();
+            assert_eq!(s.len(), 3);
+            assert!(s.write_in_place(2, &mut failing).is_err());
+            assert_eq!(s.len(), 3);
+            let e = s.write_in_place(4, &mut counting).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+            s.write_all(&[7]).unwrap();
+        }
+        assert_eq!(buf, [1, 2, 7, 0, 0]);
+    }
+
+    #[test]
+    fn write_sink_goes_through_a_bounce_buffer() {
+        let mut w = WriteSink(io::Cursor::new(Vec::new()));
+        w.write_in_place(3, &mut counting).unwrap();
+        assert!(w.write_in_place(3, &mut failing).is_err());
+        assert_eq!(w.0.into_inner(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn sources_lend_data_out_and_advance_only_on_success() {
+        let data = [1u8, 2, 3, 4];
+        let mut s: &[u8] = &data;
+        let mut seen = Vec::new();
+        s.read_in_place(3, &mut |bufs| {
+            for b in bufs {
+                seen.extend_from_slice(b);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((seen.as_slice(), s), (&[1u8, 2, 3][..], &[4u8][..]));
+        assert!(s
+            .read_in_place(1, &mut |_| Err(io::Error::other("no")))
+            .is_err());
+        assert_eq!(s, [4]);
+        assert!(s.read_in_place(2, &mut |_| Ok(())).is_err(), "too short");
+        let mut r = ReadSource(io::Cursor::new(vec![5u8, 6]));
+        let mut got = Vec::new();
+        r.read_in_place(2, &mut |bufs| {
+            got.extend(bufs.iter().flat_map(|b| b.iter().copied()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, [5, 6]);
+    }
+
+    fn nexus() -> ItNexus {
+        ItNexus {
+            initiator: PortName::Naa(0x5000_0000_0000_0001u64.to_be_bytes()),
+            target: TargetPort {
+                relative_id: 1,
+                name: PortName::Naa(0x5001_4050_0000_0001u64.to_be_bytes()),
+            },
+        }
+    }
+
+    /// A target over 8 blocks of 512 bytes, byte i = i % 251; the power-on
+    /// unit attention of `nexus()` already consumed.
+    fn target() -> (Arc<MemBackend>, EmulatedTarget) {
+        let data = (0..4096u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let mem = Arc::new(MemBackend::from_vec(data));
+        let disk = Disk::new(
+            DiskConfig::new(DiskIdentity::from_text("t")),
+            mem.clone(),
+            None,
+        )
+        .unwrap();
+        let t = EmulatedTarget::new().with_lun(0, Arc::new(disk)).unwrap();
+        let tur = [0u8; 6]; // TEST UNIT READY
+        let r = exec(&t, &tur, &mut Vec::new(), 0);
+        assert_eq!(r.status, Status::CheckCondition);
+        (mem, t)
+    }
+
+    fn exec(t: &EmulatedTarget, cdb: &[u8], sink: &mut dyn DataInSink, len: usize) -> Response {
+        let n = nexus();
+        let mut none: &[u8] = &[];
+        t.execute(
+            &Request {
+                nexus: &n,
+                lun: 0,
+                tag: 1,
+                attr: TaskAttr::Simple,
+                cdb,
+            },
+            DataOut {
+                reader: &mut none,
+                len: 0,
+            },
+            DataIn { writer: sink, len },
+        )
+        .unwrap()
+    }
+
+    const READ_2_AT_1: [u8; 10] = [
+        0x28, // READ(10)
+        0x00, // flags
+        0, 0, 0, 1,    // LBA 1
+        0x00, // group
+        0, 2,    // 2 blocks
+        0x00, // control
+    ];
+
+    fn medium(from: u32, len: u32) -> Vec<u8> {
+        (from..from + len)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn read_data_in_is_the_same_through_every_kind_of_sink() {
+        let (_, t) = target();
+        // A slice (in place).
+        let mut buf = vec![0u8; 1024];
+        let r = exec(&t, &READ_2_AT_1, &mut buf.as_mut_slice(), 1024);
+        assert_eq!((r.status, r.data_in_len), (Status::Good, 1024));
+        assert_eq!(buf, medium(512, 1024));
+        // A Vec (in place, appended).
+        let mut v = Vec::new();
+        let r = exec(&t, &READ_2_AT_1, &mut v, 1024);
+        assert_eq!((r.status, r.data_in_len), (Status::Good, 1024));
+        assert_eq!(v, medium(512, 1024));
+        // Any Write (bounce buffer).
+        let mut w = WriteSink(io::Cursor::new(Vec::new()));
+        let r = exec(&t, &READ_2_AT_1, &mut w, 1024);
+        assert_eq!((r.status, r.data_in_len), (Status::Good, 1024));
+        assert_eq!(w.0.into_inner(), medium(512, 1024));
+    }
+
+    #[test]
+    fn read_into_a_shorter_buffer_delivers_what_fits() {
+        let (_, t) = target();
+        let mut v = Vec::new();
+        let r = exec(&t, &READ_2_AT_1, &mut v, 700);
+        assert_eq!((r.status, r.data_in_len), (Status::Good, 700));
+        assert_eq!(v, medium(512, 700));
+    }
+
+    #[test]
+    fn failed_read_in_place_transfers_nothing() {
+        let (mem, t) = target();
+        mem.fail_reads(true);
+        let mut v = vec![0xEE];
+        let r = exec(&t, &READ_2_AT_1, &mut v, 1024);
+        assert_eq!((r.status, r.data_in_len), (Status::CheckCondition, 0));
+        // Fixed sense: MEDIUM ERROR, UNRECOVERED READ ERROR (11/00), VALID
+        // with INFORMATION = the LBA.
+        assert_eq!(
+            r.sense,
+            [0xF0, 0, 0x03, 0, 0, 0, 1, 10, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(v, [0xEE]);
+        // A data-in buffer that fails is a transport error, not GOOD.
+        mem.fail_reads(false);
+        let mut tiny: &mut [u8] = &mut [0u8; 4];
+        let n = nexus();
+        let mut none: &[u8] = &[];
+        let e = t
+            .execute(
+                &Request {
+                    nexus: &n,
+                    lun: 0,
+                    tag: 2,
+                    attr: TaskAttr::Simple,
+                    cdb: &READ_2_AT_1,
+                },
+                DataOut {
+                    reader: &mut none,
+                    len: 0,
+                },
+                // The transport claims more room than the sink has.
+                DataIn {
+                    writer: &mut tiny,
+                    len: 1024,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, TransportError::DataIn(_)), "{e:?}");
+    }
+
+    #[test]
+    fn write_goes_from_data_out_in_place_and_short_data_out_is_refused() {
+        let (mem, t) = target();
+        let n = nexus();
+        let payload = [0x42u8; 512];
+        let mut src: &[u8] = &payload;
+        let write1 = [
+            0x2A, // WRITE(10)
+            0x00, // flags
+            0, 0, 0, 3,    // LBA 3
+            0x00, // group
+            0, 1,    // 1 block
+            0x00, // control
+        ];
+        let req = Request {
+            nexus: &n,
+            lun: 0,
+            tag: 3,
+            attr: TaskAttr::Simple,
+            cdb: &write1,
+        };
+        let mut sink = Vec::new();
+        let r = t
+            .execute(
+                &req,
+                DataOut {
+                    reader: &mut src,
+                    len: 512,
+                },
+                DataIn {
+                    writer: &mut sink,
+                    len: 0,
+                },
+            )
+            .unwrap();
+        assert_eq!((r.status, r.data_out_len), (Status::Good, 512));
+        assert!(src.is_empty());
+        let c = mem.contents();
+        assert_eq!(&c[1536..2048], &payload[..]);
+        assert_eq!(&c[1024..1536], &medium(1024, 512)[..], "neighbours intact");
+        let mut short: &[u8] = &payload[..100];
+        let e = t
+            .execute(
+                &req,
+                DataOut {
+                    reader: &mut short,
+                    len: 100,
+                },
+                DataIn {
+                    writer: &mut sink,
+                    len: 0,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, TransportError::DataOut(_)), "{e:?}");
+    }
 }

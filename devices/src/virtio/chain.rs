@@ -9,8 +9,9 @@
 //! chain and without heap allocation, which matters on the request path
 //! (see `devices/benches/virtio_scsi.rs`).
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 
+use scsi::target::{DataInSink, DataOutSource, DrainFn, FillFn};
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemoryBackend, Permissions, VolatileSlice};
 
@@ -141,6 +142,80 @@ impl<'a> Cursor<'a> {
 #[derive(Clone)]
 pub struct ChainReader<'a>(Cursor<'a>);
 
+/// iovecs kept inline when lending chain memory in place.
+const INLINE_IOV: usize = 8;
+
+/// Raw `(pointer, length)` pieces of guest memory lent to a backend.
+struct Pieces {
+    inline: [(*mut u8, usize); INLINE_IOV],
+    n: usize,
+    spill: Vec<(*mut u8, usize)>,
+}
+
+impl Pieces {
+    /// The next `len` bytes under `cursor` (which moves past them).
+    fn take(cursor: &mut Cursor<'_>, len: usize) -> Self {
+        let mut p = Pieces {
+            inline: [(std::ptr::null_mut(), 0); INLINE_IOV],
+            n: 0,
+            spill: Vec::new(),
+        };
+        cursor.step(len, |s, _| {
+            // The guard of a plain mmap region is the pointer itself.
+            let piece = (s.ptr_guard_mut().as_ptr(), s.len());
+            if p.n < INLINE_IOV {
+                p.inline[p.n] = piece;
+            } else {
+                p.spill.push(piece);
+            }
+            p.n += 1;
+        });
+        p
+    }
+
+    fn all(&self) -> impl Iterator<Item = (*mut u8, usize)> + '_ {
+        self.inline[..self.n.min(INLINE_IOV)]
+            .iter()
+            .chain(self.spill.iter())
+            .copied()
+    }
+
+    /// Run `f` over the pieces, each made a byte slice and wrapped by
+    /// `make` (into an `IoSliceMut` or an `IoSlice`).
+    ///
+    /// # Safety
+    /// Every piece must be guest memory that stays mapped for the call (the
+    /// pieces come from [`VolatileSlice`]s of the chain's `GuestMemory`,
+    /// borrowed for the chain's lifetime), and no two pieces overlap.
+    unsafe fn with_slices<'s, T, R>(
+        &self,
+        make: impl Fn(&'s mut [u8]) -> T,
+        f: impl FnOnce(&mut [T]) -> R,
+    ) -> R {
+        let mut inline: [T; INLINE_IOV] = std::array::from_fn(|_| make(&mut []));
+        let mut spill = Vec::new();
+        for (i, (ptr, len)) in self.all().enumerate() {
+            // SAFETY: per this function's contract the piece is mapped guest
+            // memory of `len` bytes for the duration of the call, disjoint
+            // from the others. The guest may access it concurrently, as with
+            // any device DMA; the bytes have no validity invariant, and no
+            // reference to them outlives the call.
+            let s = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+            if i < INLINE_IOV {
+                inline[i] = make(s);
+            } else {
+                spill.push(make(s));
+            }
+        }
+        if self.n <= INLINE_IOV {
+            f(&mut inline[..self.n])
+        } else {
+            spill.splice(0..0, inline);
+            f(&mut spill)
+        }
+    }
+}
+
 /// A saved [`ChainWriter`] position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriterPos {
@@ -223,6 +298,49 @@ impl Write for ChainWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl DataInSink for ChainWriter<'_> {
+    /// The backend fills the chain's guest buffers directly.
+    fn write_in_place(&mut self, len: usize, fill: &mut FillFn<'_>) -> io::Result<()> {
+        if len > self.available_bytes() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "data-in buffers shorter than the transfer",
+            ));
+        }
+        let start = self.position();
+        let pieces = Pieces::take(&mut self.0, len);
+        // SAFETY: the pieces are subslices of this writer's VolatileSlices,
+        // which borrow the guest memory for 'a (alive across the call), and
+        // split_chain resolved each descriptor to disjoint slices.
+        let r = unsafe { pieces.with_slices(IoSliceMut::new, |bufs| fill(bufs)) };
+        if r.is_err() {
+            self.seek(start);
+        }
+        r
+    }
+}
+
+impl DataOutSource for ChainReader<'_> {
+    /// The backend writes from the chain's guest buffers directly.
+    fn read_in_place(&mut self, len: usize, drain: &mut DrainFn<'_>) -> io::Result<()> {
+        if len > self.available_bytes() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "data-out buffers shorter than the transfer",
+            ));
+        }
+        let start = (self.0.idx, self.0.off, self.0.done);
+        let pieces = Pieces::take(&mut self.0, len);
+        // SAFETY: as for ChainWriter::write_in_place; the slices are only
+        // read through.
+        let r = unsafe { pieces.with_slices(|s| IoSlice::new(s), |bufs| drain(bufs)) };
+        if r.is_err() {
+            (self.0.idx, self.0.off, self.0.done) = start;
+        }
+        r
     }
 }
 
@@ -381,6 +499,110 @@ mod tests {
             want.extend(&payload);
             assert_eq!(out, want);
         });
+    }
+
+    #[test]
+    fn memory_is_lent_in_place_across_descriptors_and_regions() {
+        let m = mem();
+        let data: Vec<u8> = (1..=40u8).collect();
+        m.write_slice(&data[..10], GuestAddress(0x1000)).unwrap();
+        m.write_slice(&data[10..], GuestAddress(0x1100)).unwrap();
+        // Readable: 10 + 30 bytes; writable: 5 + 20 (crossing into the
+        // second region) + 6 bytes.
+        let descs = [
+            (0x1000, 10, 0),
+            (0x1100, 30, 0),
+            (0x3000, 5, W),
+            (0xFFF6, 20, W),
+            (0x3100, 6, W),
+        ];
+        with_chain(&m, &descs, |r| {
+            let (mut rd, mut wr) = r.unwrap();
+            // A failing drain consumes nothing.
+            let e = rd.read_in_place(12, &mut |_| Err(io::Error::other("no")));
+            assert!(e.is_err());
+            assert_eq!(rd.available_bytes(), 40);
+            let mut seen = Vec::new();
+            rd.read_in_place(25, &mut |bufs| {
+                assert_eq!(bufs.len(), 2, "one slice per piece");
+                bufs.iter().for_each(|b| seen.extend_from_slice(b));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, &data[..25]);
+            let mut rest = Vec::new();
+            rd.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, &data[25..]);
+            assert!(rd.read_in_place(1, &mut |_| Ok(())).is_err(), "empty");
+
+            // Data-in: 2 bytes written, then 27 in place, then the rest.
+            wr.write_all(&[0xA1, 0xA2]).unwrap();
+            let before = wr.position();
+            let e = wr.write_in_place(27, &mut |bufs| {
+                bufs.iter_mut().for_each(|b| b.fill(0xEE));
+                Err(io::Error::other("backend failed"))
+            });
+            assert!(e.is_err());
+            assert_eq!(wr.position(), before, "a failed fill writes nothing");
+            wr.write_in_place(27, &mut |bufs| {
+                // 3 + 10 + 10 (the region boundary) + 4 bytes.
+                let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+                assert_eq!(lens, [3, 10, 10, 4]);
+                let mut v = 0u8;
+                for b in bufs.iter_mut() {
+                    for x in b.iter_mut() {
+                        *x = v;
+                        v += 1;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(wr.bytes_written(), 29);
+            let e = wr.write_in_place(3, &mut |_| Ok(())).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+            wr.write_all(&[0xB1, 0xB2]).unwrap();
+        });
+        let mut out = Vec::new();
+        for &(a, l, _) in &descs[2..] {
+            let mut b = vec![0u8; usize::try_from(l).unwrap()];
+            m.read_slice(&mut b, GuestAddress(a)).unwrap();
+            out.extend(b);
+        }
+        let mut want = vec![0xA1, 0xA2];
+        want.extend(0..27u8);
+        want.extend([0xB1, 0xB2]);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn more_pieces_than_kept_inline_are_lent_in_order() {
+        let m = mem();
+        let descs: Vec<(u64, u32, u16)> = (0..11u64).map(|i| (0x4000 + 0x10 * i, 3, W)).collect();
+        with_chain(&m, &descs, |r| {
+            let (_, mut wr) = r.unwrap();
+            wr.write_in_place(31, &mut |bufs| {
+                assert_eq!(bufs.len(), 11);
+                let mut v = 0u8;
+                for b in bufs.iter_mut() {
+                    for x in b.iter_mut() {
+                        *x = v;
+                        v += 1;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        });
+        let mut got = Vec::new();
+        for &(a, _, _) in &descs {
+            let mut b = [0u8; 3];
+            m.read_slice(&mut b, GuestAddress(a)).unwrap();
+            got.extend(b);
+        }
+        let mut want: Vec<u8> = (0..31).collect();
+        want.extend([0, 0]);
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -11,13 +11,18 @@
 //! 3. unsupported commands (UNMAP without discard, PR without a reservation
 //!    state) get 5/20/00; reserved CDB bits 5/24/00 with a field pointer;
 //! 4. [`Reservations::conflicts`] with the command's `PrAccess`: RESERVATION
-//!    CONFLICT, no sense;
+//!    CONFLICT, no sense; a WRITE-class command then passes the abort fence
+//!    ([`Reservations::enter_io`], held until its handler returns): TASK
+//!    ABORTED without touching the medium if a PREEMPT AND ABORT of any
+//!    process preempted its nexus since it entered the task set;
 //! 5. the handler runs; data-in is truncated once to ALLOCATION LENGTH and
 //!    the initiator's buffer; sense uses descriptor format when D_SENSE is
 //!    set in the control mode page;
 //! 6. the tag leaves the task set; a command aborted meanwhile (ABORT TASK,
-//!    ABORT TASK SET, CLEAR TASK SET, LU reset, I_T nexus reset) answers
-//!    `Status::TaskAborted` with no data, and the TMF returns once it has.
+//!    ABORT TASK SET, CLEAR TASK SET, LU reset, I_T nexus reset, PREEMPT AND
+//!    ABORT of this or another process: [`Reservations::aborted_since`])
+//!    answers `Status::TaskAborted` with no data, and the TMF returns once it
+//!    has.
 //!
 //! Medium I/O is positional and lock-free except for COMPARE AND WRITE,
 //! which excludes the LU's other writes while it compares and writes.
@@ -34,7 +39,7 @@ use crate::cdb::{self, Cdb, Cmd, Needs, ParseError, UaRule};
 use crate::datain::{complete_data_in, read_data_out_into};
 use crate::emulated::LogicalUnit;
 use crate::nexus::{ItNexus, PortName};
-use crate::pr::{PrOutcome, Reservations};
+use crate::pr::{PrAccess, PrOutcome, Reservations};
 use crate::sense::{codes, Sense, Status};
 use crate::target::{DataIn, DataOut, Request, Response, TaskMgmt, TmfResponse, TransportError};
 use crate::unit_attention::UaQueue;
@@ -331,6 +336,14 @@ pub(crate) struct Ctx<'a, 'b, 'c> {
     pub cdb: Cdb<'a>,
     pub data_out: &'b mut DataOut<'c>,
     pub out_used: usize,
+    /// The data-in buffer, for handlers that move medium data straight into
+    /// it ([`Ctx::in_place`] is then set and the handler returns no data).
+    pub data_in: &'b mut DataIn<'c>,
+    /// Bytes a handler wrote to data-in in place.
+    pub in_place: Option<usize>,
+    /// Set when the handler already took the command out of the task set:
+    /// whether it had been aborted.
+    pub ended: Option<bool>,
 }
 
 impl Ctx<'_, '_, '_> {
@@ -511,12 +524,12 @@ impl Disk {
     }
 
     /// Unregister the command; returns whether it was aborted meanwhile.
-    fn end(&self, req: &Request<'_>) -> bool {
+    fn end(&self, nexus: &ItNexus, tag: u64) -> bool {
         let mut st = self.lock();
         let aborted = st
             .nexuses
-            .get_mut(NexusKey::of(req.nexus))
-            .and_then(|ns| ns.tasks.remove(&req.tag))
+            .get_mut(NexusKey::of(nexus))
+            .and_then(|ns| ns.tasks.remove(&tag))
             .unwrap_or(false);
         drop(st);
         if aborted {
@@ -525,7 +538,20 @@ impl Disk {
         aborted
     }
 
-    fn run(&self, ctx: &mut Ctx<'_, '_, '_>) -> Res {
+    /// Whether a command (not the PERSISTENT RESERVE OUT that did it) that
+    /// entered the task set at abort epoch `since` was preempted by a
+    /// PREEMPT AND ABORT meanwhile, in any process.
+    fn preempted_since(&self, nexus: &ItNexus, since: u64, cmd: Option<Cmd>) -> bool {
+        cmd != Some(Cmd::PersistentReserveOut)
+            && self
+                .pr
+                .as_ref()
+                .is_some_and(|pr| pr.aborted_since(nexus, since))
+    }
+
+    /// Execute the command; `since` is the abort epoch it entered the task
+    /// set at.
+    fn run(&self, ctx: &mut Ctx<'_, '_, '_>, since: u64) -> Res {
         let info = ctx.cdb.info;
         let supported = match info.needs {
             Needs::Nothing => true,
@@ -543,6 +569,14 @@ impl Disk {
                 return Err(Fail::Status(Status::ReservationConflict));
             }
         }
+        // Held until the handler returned: a PREEMPT AND ABORT waits for it.
+        let _pass = match &self.pr {
+            Some(pr) if info.access == PrAccess::Write => Some(
+                pr.enter_io(ctx.nexus, since)
+                    .ok_or(Fail::Status(Status::TaskAborted))?,
+            ),
+            _ => None,
+        };
         match info.cmd {
             Cmd::TestUnitReady => Ok(Vec::new()),
             Cmd::RequestSense => self.request_sense(ctx),
@@ -605,8 +639,9 @@ impl Disk {
     /// except the PERSISTENT RESERVE OUT doing it. The commands end with TASK
     /// ABORTED when they leave their queues; their nexuses learn of the
     /// preemption through the 2A/05 unit attention the reservation state
-    /// raised. (Commands of a nexus in another process are not reached: they
-    /// finish, and that nexus' next command meets the new state.)
+    /// raised. Marking them here makes QUERY TASK see them gone at once;
+    /// what stops their writes, here and in other processes, is the abort
+    /// fence (`crate::pr::fence`).
     fn abort_preempted(&self, me: &ItNexus, my_tag: u64, ids: &[crate::pr::RegistrantId]) {
         let mut st = self.lock();
         for (key, ns) in st.nexuses.iter_mut() {
@@ -655,8 +690,8 @@ impl LogicalUnit for Disk {
     fn execute(
         &self,
         req: &Request<'_>,
-        mut data_out: DataOut<'_>,
-        mut data_in: DataIn<'_>,
+        data_out: DataOut<'_>,
+        data_in: DataIn<'_>,
     ) -> Result<Response, TransportError> {
         let parsed = match cdb::lookup(req.cdb) {
             Ok(c) => Ok(c),
@@ -676,16 +711,26 @@ impl LogicalUnit for Disk {
         ) {
             self.check_resize();
         }
+        let since = self.pr.as_ref().map_or(0, |pr| pr.abort_epoch());
         if let Err(sense) = self.begin(req, exempt) {
             return Ok(self.response(Status::CheckCondition, Some(sense), 0, 0));
         }
         let cdb = match parsed {
             Ok(c) => c,
             Err(e) => {
-                self.end(req);
+                self.end(req.nexus, req.tag);
                 let sense = e.sense().unwrap_or(codes::INVALID_OPCODE);
                 return Ok(self.response(Status::CheckCondition, Some(sense), 0, 0));
             }
+        };
+        // Both buffers reborrowed with one lifetime, for the context.
+        let mut data_out = DataOut {
+            reader: &mut *data_out.reader,
+            len: data_out.len,
+        };
+        let mut data_in = DataIn {
+            writer: &mut *data_in.writer,
+            len: data_in.len,
         };
         let mut ctx = Ctx {
             nexus: req.nexus,
@@ -693,16 +738,23 @@ impl LogicalUnit for Disk {
             cdb,
             data_out: &mut data_out,
             out_used: 0,
+            data_in: &mut data_in,
+            in_place: None,
+            ended: None,
         };
-        let result = self.run(&mut ctx);
-        let used = ctx.out_used;
-        let aborted = self.end(req);
+        let result = self.run(&mut ctx, since);
+        let (used, in_place, ended) = (ctx.out_used, ctx.in_place, ctx.ended);
+        let aborted = ended.unwrap_or_else(|| self.end(req.nexus, req.tag))
+            || self.preempted_since(req.nexus, since, cmd);
         if aborted {
             return Ok(self.response(Status::TaskAborted, None, 0, used));
         }
         match result {
             Ok(data) => {
-                let n = complete_data_in(&data, cdb.alloc_len(), &mut data_in)?;
+                let n = match in_place {
+                    Some(n) => n,
+                    None => complete_data_in(&data, cdb.alloc_len(), &mut data_in)?,
+                };
                 recycle_buffer(data);
                 Ok(self.response(Status::Good, None, n, used))
             }

@@ -2,10 +2,12 @@
 //! CAPACITY, SYNCHRONIZE CACHE, UNMAP, WRITE SAME, COMPARE AND WRITE, GET LBA
 //! STATUS, START STOP UNIT, FORMAT UNIT.
 
+use std::io;
 use std::sync::atomic::Ordering;
 
 use crate::cdb::{Cdb, Cmd};
 use crate::sense::codes;
+use crate::target::TransportError;
 
 use super::{
     recycle_buffer, take_buffer, Ctx, Disk, Fail, Res, MAX_COMPARE_AND_WRITE_BLOCKS,
@@ -113,7 +115,93 @@ impl Disk {
         if r.n == 0 {
             return Ok(Vec::new());
         }
-        self.read_blocks(r.lba, len)
+        if len > ctx.data_in.len {
+            // The initiator's buffer is shorter than the transfer: read it
+            // all (a medium error anywhere fails the command), deliver what
+            // fits.
+            return self.read_blocks(r.lba, len);
+        }
+        self.read_in_place(ctx, r.lba, len)
+    }
+
+    /// Read `len` bytes at `lba` straight into the data-in buffer. The
+    /// command leaves the task set before the bytes count as transferred,
+    /// so an aborted command transfers none.
+    fn read_in_place(&self, ctx: &mut Ctx<'_, '_, '_>, lba: u64, len: usize) -> Res {
+        let offset = lba * self.bs();
+        let (nexus, tag) = (ctx.nexus, ctx.tag);
+        let mut medium = None;
+        let mut ended = None;
+        let res = ctx.data_in.writer.write_in_place(len, &mut |bufs| {
+            if let Err(e) = self.backend.read_vectored_at(bufs, offset) {
+                medium = Some(e);
+                return Err(io::Error::other("medium error"));
+            }
+            let aborted = self.end(nexus, tag);
+            ended = Some(aborted);
+            if aborted {
+                Err(io::Error::other("command aborted"))
+            } else {
+                Ok(())
+            }
+        });
+        ctx.ended = ended;
+        if let Some(e) = medium {
+            log::warn!("disk {}: read at LBA {lba} failed: {e}", self.cfg.identity);
+            return Err(codes::UNRECOVERED_READ_ERROR.with_info(lba).into());
+        }
+        if ended == Some(true) {
+            return Ok(Vec::new());
+        }
+        res.map_err(TransportError::DataIn)?;
+        ctx.in_place = Some(len);
+        Ok(Vec::new())
+    }
+
+    /// Write `len` bytes of data-out at `lba` straight from the data-out
+    /// buffer.
+    fn write_in_place(
+        &self,
+        ctx: &mut Ctx<'_, '_, '_>,
+        lba: u64,
+        len: usize,
+        fua: bool,
+    ) -> Result<(), Fail> {
+        if len > ctx.data_out.len {
+            return Err(TransportError::DataOut(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "command needs {len} bytes of data-out, buffer has {}",
+                    ctx.data_out.len
+                ),
+            ))
+            .into());
+        }
+        let fua = fua || !self.mode.wce.load(Ordering::Relaxed);
+        let offset = lba * self.bs();
+        let mut medium = None;
+        let res = {
+            let _shared = self.caw.read().unwrap_or_else(|e| e.into_inner());
+            ctx.data_out.reader.read_in_place(len, &mut |bufs| {
+                self.backend
+                    .write_vectored_at(bufs, offset, fua)
+                    .map_err(|e| {
+                        medium = Some(e);
+                        io::Error::other("medium error")
+                    })
+            })
+        };
+        if let Some(e) = medium {
+            // The data-out was transferred; the medium refused it.
+            ctx.data_out.len -= len;
+            ctx.out_used += len;
+            log::warn!("disk {}: write at LBA {lba} failed: {e}", self.cfg.identity);
+            return Err(codes::WRITE_ERROR.with_info(lba).into());
+        }
+        res.map_err(TransportError::DataOut)?;
+        ctx.data_out.len -= len;
+        ctx.out_used += len;
+        Ok(())
     }
 
     pub(super) fn write(&self, ctx: &mut Ctx<'_, '_, '_>, verify: bool) -> Res {
@@ -130,14 +218,16 @@ impl Disk {
         if r.n == 0 {
             return Ok(Vec::new());
         }
+        if !verify {
+            self.write_in_place(ctx, r.lba, len, ctx.cdb.bit(1, 3))?;
+            return Ok(Vec::new());
+        }
         let data = ctx.read_out(len)?;
         self.write_blocks(r.lba, &data, ctx.cdb.bit(1, 3))?;
-        if verify {
-            let back = self.read_blocks(r.lba, len)?;
-            if let Some(at) = miscompare_at(&back, &data) {
-                let info = u64::try_from(at).unwrap_or(0);
-                return Err(codes::MISCOMPARE_DURING_VERIFY.with_info(info).into());
-            }
+        let back = self.read_blocks(r.lba, len)?;
+        if let Some(at) = miscompare_at(&back, &data) {
+            let info = u64::try_from(at).unwrap_or(0);
+            return Err(codes::MISCOMPARE_DURING_VERIFY.with_info(info).into());
         }
         recycle_buffer(data);
         Ok(Vec::new())

@@ -180,9 +180,19 @@ impl ScsiTarget for FakeTarget {
                     return Ok(Self::check(codes::LBA_OUT_OF_RANGE));
                 };
                 let n = len.min(data_in.len);
+                // In place, as the emulated disk moves medium data.
+                let src = &disk[off..off + n];
                 data_in
                     .writer
-                    .write_all(&disk[off..off + n])
+                    .write_in_place(n, &mut |bufs| {
+                        let mut at = 0;
+                        for b in bufs.iter_mut() {
+                            let l = b.len();
+                            b.copy_from_slice(&src[at..at + l]);
+                            at += l;
+                        }
+                        Ok(())
+                    })
                     .map_err(TransportError::DataIn)?;
                 Ok(Response {
                     status: Status::Good,
@@ -196,9 +206,17 @@ impl ScsiTarget for FakeTarget {
                     return Ok(Self::check(codes::LBA_OUT_OF_RANGE));
                 };
                 let n = len.min(data_out.len);
+                let dst = &mut disk[off..off + n];
                 data_out
                     .reader
-                    .read_exact(&mut disk[off..off + n])
+                    .read_in_place(n, &mut |bufs| {
+                        let mut at = 0;
+                        for b in bufs {
+                            dst[at..at + b.len()].copy_from_slice(b);
+                            at += b.len();
+                        }
+                        Ok(())
+                    })
                     .map_err(TransportError::DataOut)?;
                 Ok(Response {
                     status: Status::Good,
