@@ -19,7 +19,7 @@ use crate::arch::x86_64::{bzimage, layout, mptable, pvh, regs};
 use crate::config::VmConfig;
 use crate::device_manager::{DeviceManager, Subscriber};
 use crate::stop::{StopFlag, VmStop};
-use crate::vstate::{memory, vcpu, vm};
+use crate::vstate::{hyperv, memory, vcpu, vm};
 use crate::Error;
 
 impl TryFrom<&VmConfig> for Vmm {
@@ -84,15 +84,13 @@ impl Vmm {
         signal_evt: Option<EventFd>,
         persistent: &Persistent,
     ) -> Result<Self, Error> {
-        if config.hyperv {
-            return Err(Error::NotImplemented(
-                "--cpus ...,hyperv=on (Hyper-V enlightenments)",
-            ));
-        }
         if !config.net.is_empty() {
             return Err(Error::NotImplemented("--net"));
         }
         let kvm = Kvm::new().map_err(vm::VmError::Kvm)?;
+        if config.hyperv {
+            hyperv::check_caps(&kvm).map_err(vm::VmError::Hyperv)?;
+        }
         let memory = memory::create(config.memory)?;
         let vm = Arc::new(vm::create(&kvm, &memory)?);
         let stop = Arc::new(StopFlag::new().map_err(Error::Io)?);
@@ -124,7 +122,8 @@ impl Vmm {
             })?;
         let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
         for id in 0..config.cpus {
-            vcpus.push(vcpu::create(&vm, id, config.cpus, &supported, None)?);
+            let hv = config.hyperv.then_some(&kvm);
+            vcpus.push(vcpu::create(&vm, id, config.cpus, &supported, None, hv)?);
         }
 
         let platform = acpi_platform(config, &devices);

@@ -131,7 +131,7 @@ fn bad_flags_give_one_line_errors() {
         ),
         (vec!["run"], "nothing to boot"),
         (
-            vec!["run", "--kernel", h, "--cpus", "2,hyperv=on"],
+            vec!["run", "--kernel", h, "--net", "user"],
             "not implemented yet",
         ),
     ] {

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use devices::bus::Bus;
 use devices::lifecycle::ExitReason;
 use kvm_bindings::{kvm_lapic_state, CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::x86_64::cpuid;
 use crate::stop::{StopFlag, VmStop};
@@ -25,6 +25,9 @@ pub enum VcpuError {
         /// Cause.
         source: kvm_ioctls::Error,
     },
+    /// Hyper-V enlightenments (`hyperv=on`).
+    #[error("vCPU {0}: {1}")]
+    Hyperv(u8, #[source] crate::arch::x86_64::hyperv::HypervError),
     /// Thread could not start.
     #[error("vCPU {0}: starting its thread: {1}")]
     Thread(u8, std::io::Error),
@@ -54,13 +57,15 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
 }
 
 /// Create vCPU `id` of `count` and give it CPUID and LAPIC LINT wiring
-/// (LINT0 ExtINT for the PIC, LINT1 NMI).
+/// (LINT0 ExtINT for the PIC, LINT1 NMI). With `hyperv` (the KVM handle),
+/// the vCPU gets the Hyper-V enlightenments (see [`super::hyperv`]).
 pub fn create(
     vm: &VmFd,
     id: u8,
     count: u8,
     supported: &CpuId,
     tsc_khz: Option<u32>,
+    hyperv: Option<&Kvm>,
 ) -> Result<VcpuFd, VcpuError> {
     let e = |what| move |source| VcpuError::Ioctl { id, what, source };
     let vcpu = vm
@@ -69,7 +74,13 @@ pub fn create(
     let mut c = supported.clone();
     let tsc_khz = tsc_khz.or_else(|| vcpu.get_tsc_khz().ok().filter(|k| *k > 0));
     cpuid::patch(&mut c, id, count, tsc_khz);
+    if hyperv.is_some() {
+        super::hyperv::add_leaves(&vcpu, &mut c).map_err(|h| VcpuError::Hyperv(id, h))?;
+    }
     vcpu.set_cpuid2(&c).map_err(e("KVM_SET_CPUID2"))?;
+    if let Some(kvm) = hyperv {
+        super::hyperv::setup_vcpu(kvm, &vcpu, id).map_err(|h| VcpuError::Hyperv(id, h))?;
+    }
     let mut lapic = vcpu.get_lapic().map_err(e("KVM_GET_LAPIC"))?;
     let lvt0 = get_reg(&lapic, APIC_LVT0);
     set_reg(
@@ -236,6 +247,10 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, pio: &Bus, mmio: &Bus, stop: &StopFlag) {
                     });
                 }
                 VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}
+                VcpuExit::Hyperv => {
+                    let what = super::hyperv::handle_exit(vcpu);
+                    log::debug!("vcpu{id}: Hyper-V exit {what:?}");
+                }
                 other => {
                     let what = format!("unexpected exit {other:?}");
                     let regs = dump_registers(vcpu);

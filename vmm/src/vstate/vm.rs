@@ -24,6 +24,9 @@ use crate::arch::x86_64::layout;
 /// Errors setting up the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// `hyperv=on` on a KVM that cannot do it.
+    #[error(transparent)]
+    Hyperv(#[from] crate::arch::x86_64::hyperv::HypervError),
     /// /dev/kvm could not be opened.
     #[error("opening /dev/kvm: {0}")]
     Kvm(#[source] kvm_ioctls::Error),

@@ -3,6 +3,7 @@
 
 pub mod bzimage;
 pub mod cpuid;
+pub mod hyperv;
 pub mod layout;
 pub mod mptable;
 pub mod pvh;
