@@ -51,6 +51,9 @@ build_base() {
 		local root="$out/root"
 		lab_install_busybox "$root"
 		lab_install_modules "$root" kvm_amd
+		# Linux's SCSI target for passthrough scenarios (lablib.sh's lab_lio loads them
+		# on demand): a fileio LU behind tcm_loop ports, seen through sg nodes
+		lab_install_module_set "$root" lio.order target_core_mod target_core_file tcm_loop sg
 		lab_install_binary "$root" "$qemu" /usr/bin/qemu-system-x86_64
 		local f
 		for f in /usr/share/qemu/*.bin /usr/share/seabios/bios*.bin; do

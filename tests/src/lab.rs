@@ -101,7 +101,8 @@ pub enum Monitor {
 /// modes: `{kernel}` `{initrd}` `{esp}` (the Linux test guest: bzImage,
 /// initramfs, EFI system partition image), `{ovmf}` (OVMF.fd), `{guest:NAME}`
 /// (a freestanding test guest, `NAME.elf`), `{disk:NAME}` (a disk made by
-/// [`Scenario::disk`]), `{tmp}` (scratch directory).
+/// [`Scenario::disk`]), `{tmp}` (scratch directory), `{lio:PORT}` (the
+/// `/dev/sgN` of port PORT of a LIO logical unit made by [`Scenario::lio`]).
 #[derive(Debug, Clone)]
 pub struct Vm {
     name: String,
@@ -217,6 +218,54 @@ impl Vm {
         self.args(args)
     }
 
+    /// A host SCSI device `dev` (a placeholder such as `{lio:a}`, or a path
+    /// to `/dev/sgN`) passed through as LUN 0 of `target` on virtio-scsi
+    /// controller `controller`, declaring the controller the first time.
+    /// Arbiter: `--scsi-disk sg=DEV,...` with `options` appended (e.g.
+    /// `pr=passthrough`); QEMU: `scsi-generic` (`options` unused).
+    pub fn scsi_passthrough(
+        mut self,
+        controller: u32,
+        target: u32,
+        dev: &str,
+        options: &str,
+    ) -> Self {
+        let new_controller = !self.controllers.contains(&controller);
+        if new_controller {
+            self.controllers.push(controller);
+        }
+        let mut a = Vec::new();
+        match self.monitor {
+            Monitor::Arbiter => {
+                if new_controller {
+                    a.push("--scsi".to_owned());
+                    a.push(format!("controller={controller}"));
+                }
+                let mut spec = format!("sg={dev},controller={controller},target={target},lun=0");
+                if !options.is_empty() {
+                    spec.push(',');
+                    spec += options;
+                }
+                a.push("--scsi-disk".to_owned());
+                a.push(spec);
+            }
+            Monitor::Qemu => {
+                if new_controller {
+                    a.push("-device".to_owned());
+                    a.push(format!("virtio-scsi-pci,id=scsi{controller}"));
+                }
+                let id = format!("c{controller}t{target}");
+                a.push("-drive".to_owned());
+                a.push(format!("file={dev},if=none,id={id},format=raw"));
+                a.push("-device".to_owned());
+                a.push(format!(
+                    "scsi-generic,drive={id},bus=scsi{controller}.0,scsi-id={target},lun=0"
+                ));
+            }
+        }
+        self.args(a)
+    }
+
     /// Append arguments.
     pub fn args<I, S>(mut self, args: I) -> Self
     where
@@ -285,6 +334,7 @@ enum Step {
     AgentStart(Vm),
     Agent(String, String, Duration),
     AgentStop(String),
+    Lio(String, u32, Vec<String>),
 }
 
 /// What to run: disks and VMs, in order.
@@ -343,11 +393,33 @@ impl Scenario {
         self
     }
 
+    /// A real SCSI logical unit for passthrough disks: Linux's target (LIO)
+    /// with a `mib` MiB fileio backstore named `lu`, exported through one
+    /// tcm_loop port per entry of `ports` (each its own SCSI host with its
+    /// own initiator name: one I_T nexus per port). `{lio:PORT}` in VM
+    /// arguments is that port's `/dev/sgN`, found through sysfs from the
+    /// port's SCSI address (lablib.sh `lab_lio`). Port names: ASCII letters,
+    /// digits and `_`, unique in the scenario. The scenario's end removes
+    /// the configuration again. Needs the target modules and root: in direct
+    /// mode a host without them skips the scenario (with the reason).
+    pub fn lio(mut self, lu: &str, mib: u32, ports: &[&str]) -> Self {
+        self.steps.push(Step::Lio(
+            lu.to_owned(),
+            mib,
+            ports.iter().map(|p| (*p).to_owned()).collect(),
+        ));
+        self
+    }
+
+    fn uses_lio(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Lio(..)))
+    }
+
     fn vms(&self) -> impl Iterator<Item = &Vm> {
         self.steps.iter().flat_map(|s| match s {
             Step::One(v) | Step::AgentStart(v) => std::slice::from_ref(v).iter(),
             Step::Together(v) => v.iter(),
-            Step::Disk(..) | Step::Agent(..) | Step::AgentStop(..) => [].iter(),
+            Step::Disk(..) | Step::Agent(..) | Step::AgentStop(..) | Step::Lio(..) => [].iter(),
         })
     }
 
@@ -360,6 +432,7 @@ impl Scenario {
             .iter()
             .map(|s| match s {
                 Step::Disk(..) | Step::AgentStop(..) => Duration::from_secs(5),
+                Step::Lio(..) => Duration::from_secs(30),
                 Step::One(v) | Step::AgentStart(v) => v.timeout,
                 Step::Agent(_, _, t) => *t,
                 Step::Together(v) => v.iter().map(|v| v.timeout).max().unwrap_or_default(),
@@ -395,7 +468,17 @@ impl Scenario {
                     );
                 }
                 Step::AgentStop(vm) => s += &format!("lab_agent_stop {}\n", quote(vm)),
+                Step::Lio(lu, mib, ports) => {
+                    s += &format!("lab_lio {} {mib}", quote(lu));
+                    for p in ports {
+                        s += &format!(" {}", quote(p));
+                    }
+                    s += "\n";
+                }
             }
+        }
+        if self.uses_lio() {
+            s += "lab_lio_teardown\n";
         }
         s
     }
@@ -425,6 +508,12 @@ fn word(arg: &str) -> String {
                     },
                     Some(("guest", n)) => Some(format!("${{LAB_TEST_GUESTS}}/{}.elf", escape(n))),
                     Some(("disk", n)) => Some(format!("${{LAB_TMP}}/{}.img", escape(n))),
+                    Some(("lio", n))
+                        if !n.is_empty()
+                            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                    {
+                        Some(format!("${{LAB_LIO_{n}}}"))
+                    }
                     Some(_) => None,
                 };
                 if let Some(v) = var {
@@ -898,6 +987,12 @@ fn run_direct(
     script: &Path,
     log: &Path,
 ) -> Result<Run, Error> {
+    if scenario.uses_lio() {
+        if let Err(why) = lio_direct_ready() {
+            kvm::skip(test, &why);
+            return Ok(Run::Skipped(why));
+        }
+    }
     if scenario.uses(Monitor::Qemu) && which("qemu-system-x86_64").is_none() {
         let why =
             "the scenario's peer VM needs qemu-system-x86_64 (apt-get install qemu-system-x86)"
@@ -938,6 +1033,40 @@ fn run_direct(
     let limit = scenario.time_limit() + Duration::from_secs(30);
     let attempt = watch(cmd, limit, None, log, 1)?;
     finish(scenario, Mode::Direct, attempt, 0, log)
+}
+
+/// Direct mode: can this host make LIO logical units ([`Scenario::lio`])?
+/// It needs root (configfs, sg nodes, CAP_SYS_RAWIO for the reservation
+/// commands) and the target modules (loaded already, or loadable).
+fn lio_direct_ready() -> Result<(), String> {
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(
+            "the scenario's LIO logical unit (configfs, tcm_loop, pr=passthrough) \
+                    needs root in direct mode"
+                .into(),
+        );
+    }
+    for m in ["target_core_mod", "target_core_file", "tcm_loop", "sg"] {
+        if Path::new("/sys/module").join(m).exists() {
+            continue;
+        }
+        let ok = Command::new("modprobe")
+            .args(["-n", "-q", m])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!(
+                "the scenario's LIO logical unit needs the kernel module {m}, which is \
+                 neither loaded nor loadable here (modprobe -n {m} fails; the Debian kernel \
+                 package has it)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn run_nested(
@@ -1296,6 +1425,41 @@ mod tests {
         );
         assert_eq!(word("{guest:hello}"), "\"${LAB_TEST_GUESTS}/hello.elf\"");
         assert_eq!(word("a $b \"c\" {nope}"), "\"a \\$b \\\"c\\\" {nope}\"");
+    }
+
+    #[test]
+    fn lio_ports_become_sg_placeholders_made_first_and_torn_down_last() {
+        assert_eq!(word("sg={lio:a},pr=x"), "\"sg=${LAB_LIO_a},pr=x\"");
+        // not a port name: left as text
+        assert_eq!(word("{lio:a b}"), "\"{lio:a b}\"");
+        assert_eq!(word("{lio:$x}"), "\"{lio:\\$x}\"");
+        let s = Scenario::new("t")
+            .lio("lu0", 64, &["a", "b"])
+            .vm(Vm::arbiter("n")
+                .scsi_passthrough(1, 2, "{lio:b}", "pr=passthrough")
+                .timeout(Duration::from_secs(9)));
+        let script = s.script();
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(lines[1], "lab_lio 'lu0' 64 'a' 'b'");
+        assert_eq!(
+            lines[2],
+            "lab_vm 'n' 9 0 '' \"$ARBITER\" \"run\" \"--name\" \"n\" \"--scsi\" \
+             \"controller=1\" \"--scsi-disk\" \
+             \"sg=${LAB_LIO_b},controller=1,target=2,lun=0,pr=passthrough\""
+        );
+        assert_eq!(lines[3], "lab_lio_teardown");
+        assert_eq!(lines.len(), 4);
+        assert_eq!(s.time_limit(), Duration::from_secs(30 + 9));
+        let q = Vm::qemu("q").scsi_passthrough(0, 0, "/dev/sg3", "ignored");
+        assert!(q.args.ends_with(&[
+            "-device".to_owned(),
+            "virtio-scsi-pci,id=scsi0".to_owned(),
+            "-drive".to_owned(),
+            "file=/dev/sg3,if=none,id=c0t0,format=raw".to_owned(),
+            "-device".to_owned(),
+            "scsi-generic,drive=c0t0,bus=scsi0.0,scsi-id=0,lun=0".to_owned(),
+        ]));
+        assert!(!Scenario::new("u").disk("d", 1).script().contains("lab_lio"));
     }
 
     #[test]

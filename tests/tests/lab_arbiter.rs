@@ -300,3 +300,91 @@ fn lab_two_arbiter_vms_share_a_disk_through_the_pr_sequence() {
         report.log.display()
     );
 }
+
+/// The cluster shape on real storage: one SCSI logical unit of Linux's own
+/// target (LIO: a fileio backstore behind two tcm_loop ports, made by the
+/// lab host before the VMs start), two arbiter VMs, each passing one port's
+/// `/dev/sgN` through (`sg=...,pr=passthrough`): two initiator ports, two
+/// I_T nexuses, and every SCSI status comes from the device, not from
+/// arbiter's PR emulation. The steps of `lab::PR_STEPS` go to the node they
+/// belong to and every status must be the one LIO gives its own initiators
+/// (`lab_reference_pr_sequence_against_linux_lio`): node B's WRITE under A's
+/// reservation gets RESERVATION CONFLICT (sg3-utils exit 24) in B's guest,
+/// LIO's REGISTRATIONS PREEMPTED unit attention (2A/05) reaches A's
+/// `sg_turs` (6), and data written by one node through its port is read back
+/// by the other through its own. Both disks answer INQUIRY with LIO's vendor.
+///
+/// Direct mode (a VMX/SVM host) makes the same LU on the host itself: that
+/// needs root and the target modules, else the test is skipped with the
+/// reason. Nodes boot one after the other (see the shared-file test).
+#[test]
+fn lab_two_arbiter_vms_on_two_lio_ports_of_one_real_lun() {
+    const T: &str = "lab_two_arbiter_vms_on_two_lio_ports_of_one_real_lun";
+    let node = |name: &str, port: &str| {
+        Vm::arbiter(name)
+            .args(["--memory", "256M"])
+            .linux("agent")
+            .scsi_passthrough(0, 0, &format!("{{lio:{port}}}"), "pr=passthrough")
+            .timeout(Duration::from_secs(600))
+    };
+    let ready = Duration::from_secs(300);
+    let step = Duration::from_secs(120);
+    let mut scenario = Scenario::new("arbiter_two_vms_lio_pr")
+        .lio("shared", 64, &["a", "b"])
+        .agent_start(node("node-a", "a"))
+        .agent("node-a", "lab_say node a up", ready)
+        .agent("node-a", ". /lab/scripts/lio-data.sh inq", step)
+        .agent_start(node("node-b", "b"))
+        .agent("node-b", "lab_say node b up", ready)
+        .agent("node-b", ". /lab/scripts/lio-data.sh inq", step);
+    for (pr_step, _) in lab::PR_STEPS {
+        let short = pr_step.strip_prefix("pr_").unwrap_or(pr_step);
+        let (vm, role) = if short.starts_with("a_") {
+            ("node-a", "a")
+        } else {
+            ("node-b", "b")
+        };
+        scenario = scenario.agent(
+            vm,
+            &format!(". /lab/scripts/pr-node.sh {role} {short}"),
+            step,
+        );
+    }
+    let scenario = scenario
+        .agent("node-a", ". /lab/scripts/lio-data.sh write from-a", step)
+        .agent("node-b", ". /lab/scripts/lio-data.sh check from-a", step)
+        .agent_stop("node-a")
+        .agent_stop("node-b");
+    let Some(report) = run(T, &scenario) else {
+        return;
+    };
+    report.assert_passed();
+    let (a, b) = (report.vm("node-a"), report.vm("node-b"));
+    assert_checks(&report, a, &["lio_disk", "lio_data_write"]);
+    assert_checks(&report, b, &["lio_disk", "lio_data_read"]);
+    lab::assert_pr_steps(&[a, b], &report.log);
+    assert!(
+        a.results.iter().all(|r| !r.name.starts_with("pr_b_"))
+            && b.results.iter().all(|r| !r.name.starts_with("pr_a_")),
+        "a step ran on the wrong node (log: {})",
+        report.log.display()
+    );
+    // The conflict and the unit attention came from the device: B's guest saw
+    // status 24 on its WRITE, A's guest saw the unit attention on its TUR.
+    let conflict = b.result("pr_b_write_unregistered_conflict");
+    assert_eq!(
+        conflict
+            .and_then(|r| r.fields.get("rc"))
+            .map(String::as_str),
+        Some("24"),
+        "node B: {conflict:?} (log: {})",
+        report.log.display()
+    );
+    let ua = a.result("pr_a_unit_attention_registrations_preempted");
+    assert_eq!(
+        ua.and_then(|r| r.fields.get("rc")).map(String::as_str),
+        Some("6"),
+        "node A: {ua:?} (log: {})",
+        report.log.display()
+    );
+}

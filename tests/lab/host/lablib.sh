@@ -162,3 +162,115 @@ lab_agent_stop() {
 	kill "$(cat "$LAB_TMP/$1.keeper")" 2>/dev/null
 	lab_vm_wait "$1"
 }
+
+# LIO logical units for passthrough scenarios (pr=passthrough needs each VM to be its own
+# initiator on the storage): Linux's SCSI target with a fileio backstore exported through
+# tcm_loop ports, each port its own SCSI host on this machine with its own initiator name
+# (its own I_T nexus), so one LU shows up as one /dev/sgN per port.
+#
+# lab_lio LU SIZE_MIB PORT...: a SIZE_MIB fileio LU (file $LAB_TMP/lio-LU.img) behind one
+# tcm_loop port per PORT; sets LAB_LIO_<PORT>=/dev/sgN (the runner's {lio:PORT}) and prints
+#   @@LAB lio lu=LU port=PORT status=pass dev=/dev/sgN host=H:C:T wwn=... initiator=...
+# or a status=fail line with the reason (and returns 1). PORT: letters, digits, '_'.
+# The sg node is found through sysfs from the port's SCSI address (configfs
+# tpgt_1/address, "host:0:tpgt"), never by reading disks. Modules: the lab host loads
+# /lib/modules/lio.order (build-labhost.sh); direct mode uses modprobe.
+LAB_LIO_CFG=/sys/kernel/config/target
+LAB_LIO_HBA=fileio_73
+lab_lio_fail() {
+	echo "@@LAB lio $1 status=fail reason=$2"
+	return 1
+}
+lab_lio_setup() {
+	[ -n "${LAB_LIO_READY:-}" ] && return 0
+	_m=""
+	if [ -f /lib/modules/lio.order ] && [ "${LAB_MODE:-}" = nested ]; then
+		while read -r _m; do
+			[ -n "$_m" ] || continue
+			[ -d "/sys/module/$(echo "${_m%.ko}" | tr - _)" ] && continue
+			insmod "/lib/modules/$_m" || { lab_lio_fail setup "insmod_$_m"; return 1; }
+		done </lib/modules/lio.order
+	else
+		for _m in target_core_mod target_core_file tcm_loop sg; do
+			[ -d "/sys/module/$_m" ] && continue
+			modprobe "$_m" || { lab_lio_fail setup "modprobe_$_m"; return 1; }
+		done
+	fi
+	grep -q ' /sys/kernel/config ' /proc/mounts ||
+		mount -t configfs configfs /sys/kernel/config ||
+		{ lab_lio_fail setup mount_configfs; return 1; }
+	[ -d "$LAB_LIO_CFG/loopback" ] || mkdir "$LAB_LIO_CFG/loopback" ||
+		{ lab_lio_fail setup no_tcm_loop_fabric; return 1; }
+	# LIO rewrites its APTPL file here on every PR OUT and answers NOT READY
+	# (2/08/00) when it cannot
+	mkdir -p /var/target/pr /var/target/alua ||
+		{ lab_lio_fail setup no_var_target_pr; return 1; }
+	LAB_LIO_READY=1
+	LAB_LIO_PORTS=""
+	LAB_LIO_LUS=""
+	LAB_LIO_N=0
+}
+lab_lio() {
+	_lu=$1
+	_mib=$2
+	shift 2
+	lab_lio_setup || return 1
+	_dev="$LAB_LIO_CFG/core/$LAB_LIO_HBA/lab_$_lu"
+	rm -f "$LAB_TMP/lio-$_lu.img"
+	dd if=/dev/zero of="$LAB_TMP/lio-$_lu.img" bs=1048576 count=0 seek="$_mib" 2>/dev/null
+	mkdir -p "$_dev" || { lab_lio_fail "lu=$_lu" mkdir_backstore; return 1; }
+	LAB_LIO_LUS="$LAB_LIO_LUS $_lu"
+	echo "fd_dev_name=$LAB_TMP/lio-$_lu.img,fd_dev_size=$((_mib * 1048576))" >"$_dev/control" &&
+		echo 1 >"$_dev/enable" ||
+		{ lab_lio_fail "lu=$_lu" enable_backstore; return 1; }
+	# the guest's sd driver may send FUA writes: LIO refuses them without write-cache
+	# emulation
+	echo 1 >"$_dev/attrib/emulate_write_cache" ||
+		{ lab_lio_fail "lu=$_lu" emulate_write_cache; return 1; }
+	for _p in "$@"; do
+		LAB_LIO_N=$((LAB_LIO_N + 1))
+		_wwn=$(printf 'naa.5001405%07x%02x' "$LAB_LIO_N" 1)
+		_ini=$(printf 'naa.5001405%07x%02x' "$LAB_LIO_N" 15)
+		_tpg="$LAB_LIO_CFG/loopback/$_wwn/tpgt_1"
+		mkdir -p "$_tpg" || { lab_lio_fail "lu=$_lu port=$_p" mkdir_tpg; return 1; }
+		LAB_LIO_PORTS="$LAB_LIO_PORTS $_wwn"
+		# the nexus (this port's initiator name) before the LUN: linking the LUN scans
+		# it on the port's SCSI host
+		echo "$_ini" >"$_tpg/nexus" || { lab_lio_fail "lu=$_lu port=$_p" nexus; return 1; }
+		mkdir -p "$_tpg/lun/lun_0" &&
+			ln -s "$_dev" "$_tpg/lun/lun_0/lab_$_lu" ||
+			{ lab_lio_fail "lu=$_lu port=$_p" link_lun; return 1; }
+		_addr=$(cat "$_tpg/address" 2>/dev/null)
+		[ -n "$_addr" ] || { lab_lio_fail "lu=$_lu port=$_p" no_address; return 1; }
+		_sg=""
+		for _ in $(seq 50); do
+			_sg=$(ls "/sys/bus/scsi/devices/$_addr:0/scsi_generic" 2>/dev/null | head -n 1)
+			[ -n "$_sg" ] && [ -c "/dev/$_sg" ] && break
+			_sg=""
+			sleep 0.2
+		done
+		[ -n "$_sg" ] || { lab_lio_fail "lu=$_lu port=$_p host=$_addr" no_sg_node; return 1; }
+		eval "LAB_LIO_$_p=/dev/$_sg"
+		echo "@@LAB lio lu=$_lu port=$_p status=pass dev=/dev/$_sg host=$_addr:0 wwn=$_wwn initiator=$_ini"
+	done
+}
+
+# lab_lio_teardown: remove what lab_lio made (LUN links, ports, backstores) so that a
+# direct-mode run leaves the host's target configuration as it found it.
+lab_lio_teardown() {
+	[ -n "${LAB_LIO_READY:-}" ] || return 0
+	for _wwn in $LAB_LIO_PORTS; do
+		_tpg="$LAB_LIO_CFG/loopback/$_wwn/tpgt_1"
+		rm -f "$_tpg"/lun/lun_0/lab_* 2>/dev/null
+		rmdir "$_tpg/lun/lun_0" 2>/dev/null
+		echo NULL >"$_tpg/nexus" 2>/dev/null
+		rmdir "$_tpg" "$LAB_LIO_CFG/loopback/$_wwn" 2>/dev/null
+	done
+	for _lu in $LAB_LIO_LUS; do
+		rmdir "$LAB_LIO_CFG/core/$LAB_LIO_HBA/lab_$_lu" 2>/dev/null
+		rm -f "$LAB_TMP/lio-$_lu.img"
+	done
+	rmdir "$LAB_LIO_CFG/core/$LAB_LIO_HBA" 2>/dev/null
+	echo "@@LAB lio teardown"
+	LAB_LIO_READY=""
+}
