@@ -112,6 +112,7 @@ pub struct Vm {
     expect_serial: Option<String>,
     timeout: Duration,
     controllers: Vec<u32>,
+    timed: bool,
 }
 
 /// How a [`Vm::scsi_disk`] is attached.
@@ -138,6 +139,7 @@ impl Vm {
             expect_serial: None,
             timeout: Duration::from_secs(300),
             controllers: Vec::new(),
+            timed: false,
         }
     }
 
@@ -154,6 +156,7 @@ impl Vm {
             expect_serial: None,
             timeout: Duration::from_secs(300),
             controllers: Vec::new(),
+            timed: false,
         }
     }
 
@@ -314,6 +317,13 @@ impl Vm {
         self
     }
 
+    /// Also measure the time from the VM's start until its expected serial
+    /// text appears ([`VmReport::serial_seconds`]; polled every 0.2 s).
+    pub fn time_to_serial(mut self) -> Self {
+        self.timed = true;
+        self
+    }
+
     /// Time limit of the VM (its own clock, inside the lab host in nested mode).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -334,6 +344,8 @@ enum Step {
     AgentStart(Vm),
     Agent(String, String, Duration),
     AgentStop(String),
+    File(String, Vec<u8>, bool),
+    Host(String, String),
     Lio(String, u32, Vec<String>),
 }
 
@@ -356,6 +368,27 @@ impl Scenario {
     /// A zero-filled raw disk of `mib` MiB, `{disk:NAME}` in VM arguments.
     pub fn disk(mut self, name: &str, mib: u32) -> Self {
         self.steps.push(Step::Disk(name.to_owned(), mib));
+        self
+    }
+
+    /// A file `$LAB_TMP/NAME` (`{tmp}/NAME` in VM arguments) with `data`
+    /// (e.g. a small FAT image built on this host): carried inside the
+    /// scenario script (gzip + base64), so it reaches a nested lab host too.
+    pub fn file(mut self, name: &str, data: &[u8]) -> Self {
+        let (bytes, zipped) = match gzip(data) {
+            Some(z) => (z, true),
+            None => (data.to_vec(), false),
+        };
+        self.steps.push(Step::File(name.to_owned(), bytes, zipped));
+        self
+    }
+
+    /// Run `snippet` (POSIX sh, with lablib.sh's helpers and `$LAB_TMP`,
+    /// `$LAB_OVMF_CODE`, `$LAB_OVMF_VARS`) where the VMs run, reported like a
+    /// VM named `name`: what it prints is its output, exit status 0 passes.
+    pub fn host(mut self, name: &str, snippet: &str) -> Self {
+        self.steps
+            .push(Step::Host(name.to_owned(), snippet.to_owned()));
         self
     }
 
@@ -419,7 +452,12 @@ impl Scenario {
         self.steps.iter().flat_map(|s| match s {
             Step::One(v) | Step::AgentStart(v) => std::slice::from_ref(v).iter(),
             Step::Together(v) => v.iter(),
-            Step::Disk(..) | Step::Agent(..) | Step::AgentStop(..) | Step::Lio(..) => [].iter(),
+            Step::Disk(..)
+            | Step::Agent(..)
+            | Step::AgentStop(..)
+            | Step::File(..)
+            | Step::Host(..)
+            | Step::Lio(..) => [].iter(),
         })
     }
 
@@ -432,6 +470,8 @@ impl Scenario {
             .iter()
             .map(|s| match s {
                 Step::Disk(..) | Step::AgentStop(..) => Duration::from_secs(5),
+                Step::File(..) => Duration::from_secs(5),
+                Step::Host(..) => Duration::from_secs(30),
                 Step::Lio(..) => Duration::from_secs(30),
                 Step::One(v) | Step::AgentStart(v) => v.timeout,
                 Step::Agent(_, _, t) => *t,
@@ -446,7 +486,10 @@ impl Scenario {
         for step in &self.steps {
             match step {
                 Step::Disk(name, mib) => s += &format!("lab_disk {} {mib}\n", quote(name)),
+                Step::One(vm) if vm.timed => s += &timed_vm(vm),
                 Step::One(vm) => s += &format!("lab_vm {}\n", vm_line(vm)),
+                Step::File(name, data, zipped) => s += &file_step(name, data, *zipped),
+                Step::Host(name, snippet) => s += &host_step(name, snippet),
                 Step::Together(vms) => {
                     for vm in vms {
                         s += &format!("lab_vm_start {}\n", vm_line(vm));
@@ -484,6 +527,110 @@ impl Scenario {
     }
 }
 
+/// The split OVMF images inside the lab host (build-labhost.sh copies
+/// Debian's `OVMF_CODE_4M.fd` and `OVMF_VARS_4M.fd` there); direct mode
+/// sets `LAB_OVMF_CODE`/`LAB_OVMF_VARS` to the distribution's files.
+const NESTED_OVMF_CODE: &str = "/lab/ovmf/OVMF_CODE_4M.fd";
+const NESTED_OVMF_VARS: &str = "/lab/ovmf/OVMF_VARS_4M.fd";
+
+/// `lab_vm`, plus an `@@TIME name=N serial=S` line: seconds from the VM's
+/// start until its expected serial text appeared.
+fn timed_vm(vm: &Vm) -> String {
+    let n = quote(&vm.name);
+    let pat = quote(vm.expect_serial.as_deref().unwrap_or(""));
+    let serial = format!("\"$LAB_TMP\"/{n}.serial");
+    format!(
+        "lab_vm_start {line}\n\
+         _t0=$(cat \"$LAB_TMP\"/{n}.t0)\n\
+         while ! grep -qF {pat} {serial} 2>/dev/null; do\n\
+         \t[ -f \"$LAB_TMP\"/{n}.rc ] && break\n\
+         \tsleep 0.2\n\
+         done\n\
+         grep -qF {pat} {serial} 2>/dev/null && echo \"@@TIME name=\"{n}\" serial=$(lab_elapsed \"$_t0\")\"\n\
+         lab_vm_wait {n}\n",
+        line = vm_line(vm)
+    )
+}
+
+/// A [`Scenario::file`] step: the data as a base64 here-document.
+fn file_step(name: &str, data: &[u8], zipped: bool) -> String {
+    let target = format!("\"$LAB_TMP\"/{}", quote(name));
+    let mut s = if zipped {
+        format!("base64 -d <<'@@EOF' | gunzip -c >{target}\n")
+    } else {
+        format!("base64 -d >{target} <<'@@EOF'\n")
+    };
+    s += &base64(data);
+    s += "@@EOF\n";
+    s += &format!(
+        "echo \"@@LAB file name={} bytes=$(wc -c <{target})\"\n",
+        escape(name)
+    );
+    s
+}
+
+/// A [`Scenario::host`] step, reported as `@@SERIAL`/`@@VM` lines.
+fn host_step(name: &str, snippet: &str) -> String {
+    let n = quote(name);
+    let out = format!("\"$LAB_TMP\"/{n}.host");
+    format!(
+        "_h0=$(lab_now)\n\
+         (\n\
+         LAB_OVMF_CODE=${{LAB_OVMF_CODE:-{NESTED_OVMF_CODE}}}\n\
+         LAB_OVMF_VARS=${{LAB_OVMF_VARS:-{NESTED_OVMF_VARS}}}\n\
+         {snippet}\n) >{out} 2>&1\n\
+         _hrc=$?\n\
+         sed \"s/^/@@SERIAL \"{n}\"| /\" {out}\n\
+         if [ $_hrc = 0 ]; then _hs=pass; _hr=; else _hs=fail; _hr=\" reason=host_step\"; fi\n\
+         echo \"@@VM name=\"{n}\" status=$_hs exit=$_hrc time=$(lab_elapsed \"$_h0\")$_hr\"\n"
+    )
+}
+
+/// Standard base64, 76 characters a line.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for (i, c) in data.chunks(3).enumerate() {
+        let b = [
+            c[0],
+            c.get(1).copied().unwrap_or(0),
+            c.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4u32 {
+            if usize::try_from(k).unwrap_or(4) <= c.len() {
+                let six = usize::try_from((n >> (18 - 6 * k)) & 63).unwrap_or(0);
+                out.push(char::from(A[six]));
+            } else {
+                out.push('=');
+            }
+        }
+        if (i + 1) % 19 == 0 {
+            out.push('\n');
+        }
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// `data` compressed by the `gzip` command (`None` if that fails).
+fn gzip(data: &[u8]) -> Option<Vec<u8>> {
+    let mut child = Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).is_ok());
+    let out = child.wait_with_output().ok()?;
+    (writer.join().unwrap_or(false) && out.status.success()).then_some(out.stdout)
+}
+
 /// Single-quote for sh.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -503,6 +650,8 @@ fn word(arg: &str) -> String {
                         "initrd" => Some("${LAB_GUEST_INITRD}".to_owned()),
                         "esp" => Some("${LAB_GUEST_ESP}".to_owned()),
                         "ovmf" => Some("${LAB_OVMF}".to_owned()),
+                        "ovmf_code" => Some(format!("${{LAB_OVMF_CODE:-{NESTED_OVMF_CODE}}}")),
+                        "ovmf_vars" => Some(format!("${{LAB_OVMF_VARS:-{NESTED_OVMF_VARS}}}")),
                         "tmp" => Some("${LAB_TMP}".to_owned()),
                         _ => None,
                     },
@@ -741,6 +890,9 @@ pub struct VmReport {
     pub output: Vec<String>,
     /// The `@@RESULT` lines in its output.
     pub results: Vec<GuestResult>,
+    /// With [`Vm::time_to_serial`]: seconds from start until the expected
+    /// serial text appeared.
+    pub serial_seconds: Option<f64>,
 }
 
 impl VmReport {
@@ -1021,6 +1173,8 @@ fn run_direct(
         .env("LAB_TMP", &tmp)
         .env("QEMU", "qemu-system-x86_64")
         .env("LAB_OVMF", "/usr/share/ovmf/OVMF.fd")
+        .env("LAB_OVMF_CODE", "/usr/share/OVMF/OVMF_CODE_4M.fd")
+        .env("LAB_OVMF_VARS", "/usr/share/OVMF/OVMF_VARS_4M.fd")
         .env("LAB_TEST_GUESTS", guests::dir());
     if let Some(a) = arbiter {
         cmd.env("ARBITER", a);
@@ -1313,7 +1467,14 @@ pub fn parse_vms(lines: &[String]) -> Vec<VmReport> {
         // The serial console may put a line after other text (e.g. ANSI resets).
         let Some(at) = line.find("@@") else { continue };
         let l = &line[at..];
-        if let Some(rest) = l.strip_prefix("@@SERIAL ") {
+        if let Some(rest) = l.strip_prefix("@@TIME ") {
+            let f = fields(rest);
+            if let (Some(name), Some(t)) = (f.get("name"), f.get("serial")) {
+                let vm = out.entry(name.clone()).or_default();
+                vm.name = name.clone();
+                vm.serial_seconds = t.parse().ok();
+            }
+        } else if let Some(rest) = l.strip_prefix("@@SERIAL ") {
             let Some((name, text)) = rest.split_once("| ") else {
                 continue;
             };
@@ -1487,6 +1648,75 @@ mod tests {
         assert!(lines[4].starts_with("lab_vm_start 'b' 7 0 '' \"$QEMU\""));
         assert_eq!(&lines[5..], ["lab_vm_wait 'a'", "lab_vm_wait 'b'"]);
         assert_eq!(s.time_limit(), Duration::from_secs(5 + 30 + 300));
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64(b""), "\n");
+        assert_eq!(base64(b"f"), "Zg==\n");
+        assert_eq!(base64(b"fo"), "Zm8=\n");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy\n");
+        assert_eq!(base64(&[0xFB, 0xFF]), "+/8=\n");
+        let long = base64(&[0u8; 60]);
+        assert_eq!(long.lines().map(str::len).collect::<Vec<_>>(), [76, 4]);
+    }
+
+    /// The file and host steps, run by sh over lablib.sh as in the lab host:
+    /// the file arrives byte for byte, the host step is reported like a VM.
+    #[test]
+    fn file_and_host_steps_run_in_sh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3000u32)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap())
+            .collect();
+        let s = Scenario::new("t")
+            .file("blob.bin", &data)
+            .host("check", "echo size $(wc -c <\"$LAB_TMP/blob.bin\")\ntrue")
+            .host("failing", "echo no; false");
+        let script = tmp.path().join("scenario.sh");
+        std::fs::write(&script, s.script()).unwrap();
+        let lablib = repo_root().join("tests/lab/host/lablib.sh");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(". \"$1\"; . \"$2\"")
+            .arg("sh")
+            .arg(&lablib)
+            .arg(&script)
+            .env("LAB_TMP", tmp.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(tmp.path().join("blob.bin")).unwrap(), data);
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let vms = parse_vms(&lines);
+        assert_eq!(vms.len(), 2, "{lines:?}");
+        assert!(vms[0].passed);
+        assert_eq!(vms[0].output, ["size 3000"]);
+        assert!(!vms[1].passed);
+        assert_eq!(vms[1].reason, "host_step");
+        assert_eq!(vms[1].output, ["no"]);
+    }
+
+    #[test]
+    fn time_lines_give_serial_seconds() {
+        let lines: Vec<String> = [
+            "@@TIME name=q serial=12.50",
+            "@@SERIAL q| Shell> ",
+            "@@VM name=q status=pass exit=0 time=17.9",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let vms = parse_vms(&lines);
+        assert_eq!(vms[0].serial_seconds, Some(12.5));
+        let timed = Scenario::new("t").vm(Vm::qemu("q").expect_serial("Shell>").time_to_serial());
+        let script = timed.script();
+        assert!(script.contains("lab_vm_start 'q'"), "{script}");
+        assert!(script.contains("@@TIME name="), "{script}");
+        assert!(script.contains("lab_vm_wait 'q'"), "{script}");
     }
 
     #[test]

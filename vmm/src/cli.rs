@@ -80,6 +80,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE|code=FILE,vars=FILE")]
     pub firmware: Option<String>,
 
+    /// Screen: png=PATH[,interval=MS] writes what the guest shows on its
+    /// framebuffer to PATH as a PNG picture, every MS milliseconds (default
+    /// 1000) when it changed and once more when the VM stops (open PATH in
+    /// any image viewer). The framebuffer is QEMU's "ramfb" that OVMF's
+    /// graphics driver sets up through fw_cfg (etc/ramfb): firmware screens,
+    /// boot loaders and Windows Setup (basic display driver) draw there.
+    #[arg(long, value_name = "png=PATH[,interval=MS]")]
+    pub display: Option<String>,
+
     /// Serial port COM1: stdio (default), file=PATH or none.
     #[arg(long, value_name = "stdio|file=PATH|none")]
     pub serial: Option<String>,

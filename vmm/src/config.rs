@@ -30,6 +30,9 @@ pub enum ConfigError {
     /// Bad --on-reset.
     #[error("--on-reset {0:?}: expected reboot or exit")]
     BadOnReset(String),
+    /// Bad --display.
+    #[error("--display {0:?}: expected png=PATH[,interval=MS] with MS from 10 to 600000")]
+    BadDisplay(String),
     /// Bad --firmware.
     #[error("--firmware {0:?}: expected FILE or code=FILE,vars=FILE")]
     BadFirmware(String),
@@ -88,6 +91,18 @@ pub struct FirmwareConfig {
     pub vars: Option<PathBuf>,
 }
 
+/// Where the guest's screen goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayConfig {
+    /// PNG file rewritten with each new picture.
+    pub png: PathBuf,
+    /// How often the framebuffer is looked at.
+    pub interval: std::time::Duration,
+}
+
+/// Default `--display` interval.
+pub const DEFAULT_DISPLAY_INTERVAL_MS: u64 = 1000;
+
 /// A VM's settings, checked.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -107,6 +122,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// UEFI firmware.
     pub firmware: Option<FirmwareConfig>,
+    /// Screen snapshots.
+    pub display: Option<DisplayConfig>,
     /// COM1.
     pub serial: SerialMode,
     /// Reset behaviour.
@@ -153,6 +170,7 @@ struct FileConfig {
     initrd: Option<PathBuf>,
     cmdline: Option<String>,
     firmware: Option<String>,
+    display: Option<String>,
     serial: Option<String>,
     #[serde(alias = "on_reset")]
     on_reset: Option<String>,
@@ -220,6 +238,7 @@ fn merge(args: &RunArgs) -> Result<RunArgs, ConfigError> {
     out.initrd = out.initrd.or(f.initrd.map(|p| rel(base, p)));
     out.cmdline = out.cmdline.or(f.cmdline);
     out.firmware = out.firmware.or(f.firmware);
+    out.display = out.display.or(f.display);
     out.serial = out.serial.or(f.serial);
     out.on_reset = out.on_reset.or(f.on_reset);
     if out.scsi.is_empty() {
@@ -297,6 +316,29 @@ fn parse_firmware(s: &str) -> Result<FirmwareConfig, ConfigError> {
     })
 }
 
+fn parse_display(s: &str) -> Result<DisplayConfig, ConfigError> {
+    let bad = || ConfigError::BadDisplay(s.to_owned());
+    let mut png = None;
+    let mut ms = DEFAULT_DISPLAY_INTERVAL_MS;
+    for kv in s.split(',') {
+        match kv.split_once('=') {
+            Some(("png", v)) if !v.is_empty() => png = Some(PathBuf::from(v)),
+            Some(("interval", v)) => {
+                ms = v
+                    .parse()
+                    .ok()
+                    .filter(|m| (10..=600_000).contains(m))
+                    .ok_or_else(bad)?;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(DisplayConfig {
+        png: png.ok_or_else(bad)?,
+        interval: std::time::Duration::from_millis(ms),
+    })
+}
+
 impl TryFrom<&RunArgs> for VmConfig {
     type Error = ConfigError;
 
@@ -330,6 +372,7 @@ impl TryFrom<&RunArgs> for VmConfig {
             Some(s) => return Err(ConfigError::BadOnReset(s.to_owned())),
         };
         let firmware = a.firmware.as_deref().map(parse_firmware).transpose()?;
+        let display = a.display.as_deref().map(parse_display).transpose()?;
         if let Some(k) = &a.kernel {
             check_file("--kernel", k)?;
         }
@@ -354,6 +397,7 @@ impl TryFrom<&RunArgs> for VmConfig {
             initrd: a.initrd.clone(),
             cmdline: a.cmdline.clone().unwrap_or_default(),
             firmware,
+            display,
             serial,
             on_reset,
             scsi: a.scsi.clone(),
@@ -387,6 +431,35 @@ mod tests {
         assert!(parse_size("4X").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn display_option() {
+        let k = tempfile::NamedTempFile::new().unwrap();
+        let kp = k.path().to_str().unwrap();
+        let d = |v: &str| VmConfig::try_from(&args(&["--kernel", kp, "--display", v]));
+        let c = d("png=/tmp/screen.png").unwrap();
+        assert_eq!(
+            c.display,
+            Some(DisplayConfig {
+                png: PathBuf::from("/tmp/screen.png"),
+                interval: std::time::Duration::from_millis(1000),
+            })
+        );
+        let c = d("png=s.png,interval=250").unwrap().display.unwrap();
+        assert_eq!(c.interval, std::time::Duration::from_millis(250));
+        for bad in [
+            "png=",
+            "vnc=:1",
+            "png=a.png,interval=5",
+            "interval=100",
+            "png=a,interval=x",
+        ] {
+            let e = d(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--display"), "{bad}: {e}");
+        }
+        let none = VmConfig::try_from(&args(&["--kernel", kp])).unwrap();
+        assert_eq!(none.display, None);
     }
 
     #[test]

@@ -238,6 +238,15 @@ fn is_template(path: &Path) -> bool {
     p.starts_with("/usr/share")
 }
 
+/// What a single firmware image means for UEFI variables (printed at start).
+fn rom_note(code: &Path) -> String {
+    format!(
+        "--firmware {}: one image, mapped as ROM: UEFI variables the guest sets are lost \
+         when arbiter exits (use --firmware code=OVMF_CODE.fd,vars=MY_VARS.fd to keep them)",
+        code.display()
+    )
+}
+
 /// Map the flash images and put them on the MMIO bus. Returns nothing the
 /// caller needs: the vCPU simply starts at the reset vector.
 pub fn map_flash(
@@ -249,6 +258,9 @@ pub fn map_flash(
         return Err(FirmwareError::NoReadonlyMem);
     }
     let (code_file, code_len) = open_image(&fw.code, false)?;
+    if fw.vars.is_none() {
+        eprintln!("arbiter: {}", rom_note(&fw.code));
+    }
     let code_gpa = layout::FOUR_GIB - code_len as u64;
     let mut images: Vec<(File, usize, u64, u32, bool, bool)> = vec![(
         code_file,
@@ -367,12 +379,14 @@ pub fn add_fw_cfg(
     };
     let mut fw = FwCfg::new(memory.clone());
     qemu_pc::populate(&mut fw, &items).map_err(|e| FirmwareError::Items(e.to_string()))?;
+    // With --display, the screen reads the framebuffer etc/ramfb names.
+    let dev: Arc<Mutex<dyn BusDevice>> = match &config.display {
+        Some(d) => crate::display::attach(fw, memory.clone(), d)
+            .map_err(|e| FirmwareError::Items(e.to_string()))?,
+        None => Arc::new(Mutex::new(fw)),
+    };
     dm.pio
-        .insert(
-            Arc::new(Mutex::new(fw)),
-            u64::from(FW_CFG_PORT_SEL),
-            FW_CFG_PORT_LEN,
-        )
+        .insert(dev, u64::from(FW_CFG_PORT_SEL), FW_CFG_PORT_LEN)
         .map_err(|e| FirmwareError::Bus(e.to_string()))?;
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod device_manager;
+pub mod display;
 pub mod firmware;
 pub mod scsi_config;
 pub mod stop;
@@ -173,6 +174,7 @@ pub fn run(args: &cli::RunArgs) -> Result<i32, Error> {
             _ => {}
         }
         if let Some(code) = exit_status(&why, config.on_reset) {
+            display::flush_all();
             return Ok(code);
         }
     }

@@ -40,7 +40,7 @@ fn pci_enumeration_sees_440fx_piix3_piix4pm() {
         out.stdout.contains("pci 00:01.3 8086:7113 class 068000"),
         "{out:?}"
     );
-    assert!(out.stdout.contains("pm base 600 "), "{out:?}");
+    assert!(out.stdout.contains("pm base b000 "), "{out:?}");
     assert!(out.stdout.contains("PCI functions: 3"), "{out:?}");
 }
 
@@ -76,7 +76,7 @@ fn acpi_poweroff_exits_zero() {
     };
     assert_eq!(out.status, Some(0), "{out:?}");
     assert!(
-        out.stdout.contains("powering off via PM1 control at 604"),
+        out.stdout.contains("powering off via PM1 control at b004"),
         "{out:?}"
     );
     assert!(!out.stdout.contains("still running"), "{out:?}");
@@ -167,7 +167,7 @@ fn acpi_tables_describe_the_platform_and_power_off_works() {
     };
     for line in [
         "tables: FACP APIC",
-        "acpi: sci 9 pm1a_evt 600 pm1a_cnt 604 pm_tmr 608 (PMBA 600)",
+        "acpi: sci 9 pm1a_evt b000 pm1a_cnt b004 pm_tmr b008 (PMBA b000)",
         "acpi: reset register cf9 value 6",
         "acpi: ioapic id 2 at fec00000 gsi base 0",
         "acpi: override irq 0 -> gsi 2 flags 0",

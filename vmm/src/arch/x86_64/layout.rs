@@ -69,8 +69,11 @@ pub const PCI_IO_END: u64 = 0x1_0000;
 pub const FIRST_MSI_GSI: u32 = 24;
 /// Highest GSI (KVM_MAX_IRQ_ROUTES is 4096).
 pub const MAX_GSI: u32 = 4095;
-/// PIIX4 PM I/O base (as QEMU's firmware programs it).
-pub const PM_IO_BASE: u64 = 0x600;
+/// PIIX4 PM I/O base: OVMF's PIIX4_PMBA_VALUE. OVMF keeps a PMBA that is
+/// already enabled, but its ResetSystem (`reset -s`, EFI ResetShutdown)
+/// always writes PM1a_CNT at 0xB004 on i440FX, so the block must be here
+/// (the ACPI tables name the same address).
+pub const PM_IO_BASE: u64 = 0xB000;
 
 /// RAM ranges (start, size) for `memory` bytes of RAM.
 pub fn ram_ranges(memory: u64) -> Vec<(u64, u64)> {
