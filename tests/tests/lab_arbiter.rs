@@ -388,3 +388,87 @@ fn lab_two_arbiter_vms_on_two_lio_ports_of_one_real_lun() {
         report.log.display()
     );
 }
+
+/// Hyper-V enlightenments on hardware-style KVM (issue 7): the `hyperv`
+/// test guest with `--cpus 2,hyperv=on` checks the "Microsoft Hv" leaves,
+/// VP index, frequency MSRs, reference counter and TSC page, hypercall
+/// page, IPI and TLB flush hypercalls, SynIC and a direct-mode synthetic
+/// timer; then the Debian guest boots with `--cpus 2,hyperv=on` to init
+/// with both CPUs and no panic. Linux ranks hypervisors by CPUID base, so
+/// with KVM's leaves at 0x40000100 it picks KVM (kvm-clock) over Hyper-V.
+#[test]
+fn lab_arbiter_hyperv_enlightenments() {
+    let scenario = Scenario::new("arbiter_hyperv")
+        .vm(Vm::arbiter("hvguest")
+            .args([
+                "--memory",
+                "64M",
+                "--cpus",
+                "2,hyperv=on",
+                "--kernel",
+                "{guest:hyperv}",
+            ])
+            .expect_exit(Some(33))
+            .expect_serial("GUEST PASS")
+            .timeout(Duration::from_secs(120)))
+        .vm(Vm::arbiter("linux")
+            .args(["--memory", "256M", "--cpus", "2,hyperv=on"])
+            .linux("boot,hyperv")
+            .expect_exit(None)
+            .timeout(Duration::from_secs(300)));
+    let Some(report) = run("lab_arbiter_hyperv_enlightenments", &scenario) else {
+        return;
+    };
+    let log = report.log.display();
+    for l in report
+        .vm("hvguest")
+        .output
+        .iter()
+        .filter(|l| l.starts_with("hv:"))
+    {
+        eprintln!("hvguest| {l}");
+    }
+    report.assert_passed();
+    let g = report.vm("hvguest");
+    assert_eq!(g.exit, Some(33), "log: {log}");
+    for want in [
+        "hv: vendor \"Microsoft Hv\" max leaf 4000000a",
+        "hv: features eax a7f ebx 0 edx 80100",
+        "hv: recommendations eax c2c spin retries ffffffff",
+        "hv: vp index 0",
+        "hv: tlb flush hypercall status 0",
+        "hv: post message hypercall status 6",
+        "hv: ipi delivered to vp 0",
+        "hv: synic enabled, message page set",
+    ] {
+        assert!(
+            g.output.iter().any(|l| l.contains(want)),
+            "hvguest: no {want:?} (log: {log})"
+        );
+    }
+    let vm = report.vm("linux");
+    assert_checks(&report, vm, &["modules", "boot", "hyperv"]);
+    for l in vm
+        .output
+        .iter()
+        .filter(|l| l.contains("Hyper-V") || l.contains("Hypervisor") || l.contains("clocksource"))
+    {
+        eprintln!("linux| {l}");
+    }
+    assert_eq!(field(vm, "boot", "cpus"), 2.0, "log: {log}");
+    let hv = vm
+        .result("hyperv")
+        .map(|r| r.fields.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        hv.get("detected").map(String::as_str),
+        Some("KVM"),
+        "log: {log}"
+    );
+    assert!(
+        !vm.output
+            .iter()
+            .any(|l| l.contains("Kernel panic") || l.contains("BUG:")),
+        "log: {log}"
+    );
+}
