@@ -57,8 +57,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
 
-    /// vCPUs: N[,hyperv=on] (hyperv=on: Hyper-V enlightenments for Windows [planned]).
-    #[arg(long, value_name = "N[,hyperv=on]")]
+    /// vCPUs: N[,hyperv=on][,kvm=off]. hyperv=on: Hyper-V enlightenments for
+    /// Windows, emulated by KVM (relaxed timing, VP index, hypercall page,
+    /// reference counter and TSC page, SynIC and synthetic timers, frequency
+    /// and APIC access MSRs, TLB flush and IPI hypercalls; KVM's own CPUID
+    /// leaves move to 0x40000100); the host's KVM must offer them.
+    /// kvm=off hides KVM's CPUID leaves (then Linux uses Hyper-V's).
+    #[arg(long, value_name = "N[,hyperv=on][,kvm=off]")]
     pub cpus: Option<String>,
 
     /// Kernel to boot directly: a PVH ELF (test guests, vmlinux) or a bzImage.

@@ -22,7 +22,9 @@ pub enum ConfigError {
     #[error("--memory {0}: must be between 2M and 1T")]
     MemoryRange(String),
     /// Bad vCPU count/options.
-    #[error("--cpus {0:?}: expected N (1-{MAX_CPUS}) with optional ,hyperv=on|off")]
+    #[error(
+        "--cpus {0:?}: expected N (1-{MAX_CPUS}) with optional ,hyperv=on|off and ,kvm=on|off"
+    )]
     BadCpus(String),
     /// Bad --serial.
     #[error("--serial {0:?}: expected stdio, file=PATH or none")]
@@ -114,6 +116,9 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Hyper-V enlightenments requested.
     pub hyperv: bool,
+    /// KVM's CPUID leaves (signature "KVMKVMKVM", PV features) shown to
+    /// the guest (`kvm=off` hides them, as QEMU's `-cpu ...,kvm=off`).
+    pub kvm_leaves: bool,
     /// Kernel for direct boot.
     pub kernel: Option<PathBuf>,
     /// Initrd.
@@ -271,7 +276,7 @@ fn check_file(flag: &'static str, p: &Path) -> Result<(), ConfigError> {
         })
 }
 
-fn parse_cpus(s: &str) -> Result<(u8, bool), ConfigError> {
+fn parse_cpus(s: &str) -> Result<(u8, bool, bool), ConfigError> {
     let bad = || ConfigError::BadCpus(s.to_owned());
     let mut parts = s.split(',');
     let n: u8 = parts
@@ -284,14 +289,17 @@ fn parse_cpus(s: &str) -> Result<(u8, bool), ConfigError> {
         return Err(bad());
     }
     let mut hyperv = false;
+    let mut kvm_leaves = true;
     for p in parts {
         match p.trim() {
             "hyperv=on" => hyperv = true,
             "hyperv=off" => hyperv = false,
+            "kvm=on" => kvm_leaves = true,
+            "kvm=off" => kvm_leaves = false,
             _ => return Err(bad()),
         }
     }
-    Ok((n, hyperv))
+    Ok((n, hyperv, kvm_leaves))
 }
 
 fn parse_firmware(s: &str) -> Result<FirmwareConfig, ConfigError> {
@@ -354,9 +362,9 @@ impl TryFrom<&RunArgs> for VmConfig {
             }
             None => DEFAULT_MEMORY,
         };
-        let (cpus, hyperv) = match &a.cpus {
+        let (cpus, hyperv, kvm_leaves) = match &a.cpus {
             Some(s) => parse_cpus(s)?,
-            None => (1, false),
+            None => (1, false, true),
         };
         let serial = match a.serial.as_deref() {
             None | Some("stdio") => SerialMode::Stdio,
@@ -393,6 +401,7 @@ impl TryFrom<&RunArgs> for VmConfig {
             memory,
             cpus,
             hyperv,
+            kvm_leaves,
             kernel: a.kernel.clone(),
             initrd: a.initrd.clone(),
             cmdline: a.cmdline.clone().unwrap_or_default(),
@@ -479,6 +488,10 @@ mod tests {
         assert!(e(&["--kernel", kp, "--memory", "1K"]).contains("between"));
         assert!(e(&["--kernel", kp, "--cpus", "0"]).starts_with("--cpus"));
         assert!(e(&["--kernel", kp, "--cpus", "2,hyperv=maybe"]).starts_with("--cpus"));
+        assert!(e(&["--kernel", kp, "--cpus", "2,kvm=no"]).starts_with("--cpus"));
+        let c =
+            VmConfig::try_from(&args(&["--kernel", kp, "--cpus", "2,hyperv=on,kvm=off"])).unwrap();
+        assert_eq!((c.cpus, c.hyperv, c.kvm_leaves), (2, true, false));
         assert!(e(&["--kernel", kp, "--serial", "tcp"]).starts_with("--serial"));
         assert!(e(&["--kernel", kp, "--on-reset", "panic"]).starts_with("--on-reset"));
         assert!(e(&[]).starts_with("nothing to boot"));

@@ -123,7 +123,15 @@ impl Vmm {
         let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
         for id in 0..config.cpus {
             let hv = config.hyperv.then_some(&kvm);
-            vcpus.push(vcpu::create(&vm, id, config.cpus, &supported, None, hv)?);
+            vcpus.push(vcpu::create(
+                &vm,
+                id,
+                config.cpus,
+                &supported,
+                None,
+                hv,
+                config.kvm_leaves,
+            )?);
         }
 
         let platform = acpi_platform(config, &devices);

@@ -98,3 +98,16 @@ fn hyperv_guest_sees_the_enlightenments() {
     }
     assert_eq!(out.status, Some(33), "{out:?}");
 }
+
+#[test]
+fn kvm_off_hides_the_kvm_leaves() {
+    if let Err(why) = kvm::available() {
+        return kvm::skip("kvm_off_hides_the_kvm_leaves", &why);
+    }
+    // No hyperv=on: 0x40000000 is then past the last leaf, so the guest's
+    // vendor check fails, but not on KVM's signature.
+    let out = run_hyperv_guest("1,kvm=off");
+    assert!(out.stdout.contains("hv: vendor \""), "{out:?}");
+    assert!(!out.stdout.contains("KVMKVMKVM"), "{out:?}");
+    assert!(out.stdout.contains("CHECK FAILED"), "{out:?}");
+}

@@ -58,7 +58,8 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
 
 /// Create vCPU `id` of `count` and give it CPUID and LAPIC LINT wiring
 /// (LINT0 ExtINT for the PIC, LINT1 NMI). With `hyperv` (the KVM handle),
-/// the vCPU gets the Hyper-V enlightenments (see [`super::hyperv`]).
+/// the vCPU gets the Hyper-V enlightenments (see [`super::hyperv`]);
+/// without `kvm_leaves`, KVM's own CPUID leaves are hidden.
 pub fn create(
     vm: &VmFd,
     id: u8,
@@ -66,6 +67,7 @@ pub fn create(
     supported: &CpuId,
     tsc_khz: Option<u32>,
     hyperv: Option<&Kvm>,
+    kvm_leaves: bool,
 ) -> Result<VcpuFd, VcpuError> {
     let e = |what| move |source| VcpuError::Ioctl { id, what, source };
     let vcpu = vm
@@ -74,6 +76,9 @@ pub fn create(
     let mut c = supported.clone();
     let tsc_khz = tsc_khz.or_else(|| vcpu.get_tsc_khz().ok().filter(|k| *k > 0));
     cpuid::patch(&mut c, id, count, tsc_khz);
+    if !kvm_leaves {
+        cpuid::remove_kvm_leaves(&mut c);
+    }
     if hyperv.is_some() {
         super::hyperv::add_leaves(&vcpu, &mut c).map_err(|h| VcpuError::Hyperv(id, h))?;
     }

@@ -79,6 +79,20 @@ pub fn patch(cpuid: &mut CpuId, id: u8, count: u8, tsc_khz: Option<u32>) {
     }
 }
 
+/// Drop KVM's leaves (0x40000000-0x400000FF: signature, PV features and
+/// the timing leaf) for `kvm=off`. The hypervisor-present bit stays.
+pub fn remove_kvm_leaves(cpuid: &mut CpuId) {
+    let kept: Vec<kvm_cpuid_entry2> = cpuid
+        .as_slice()
+        .iter()
+        .filter(|e| !(0x4000_0000..0x4000_0100).contains(&e.function))
+        .copied()
+        .collect();
+    if let Ok(c) = CpuId::from_entries(&kept) {
+        *cpuid = c;
+    }
+}
+
 fn patch_entry(
     e: &mut kvm_cpuid_entry2,
     apic_id: u32,
@@ -176,5 +190,20 @@ mod tests {
         assert_eq!(bits_for(1), 0);
         assert_eq!(bits_for(2), 1);
         assert_eq!(bits_for(5), 3);
+    }
+
+    #[test]
+    fn kvm_leaves_can_be_hidden() {
+        let mut cpuid = CpuId::from_entries(&[
+            entry(1, 0),
+            entry(0x4000_0000, 0),
+            entry(0x4000_0001, 0),
+            entry(0x4000_0010, 0),
+            entry(0x8000_0000, 0),
+        ])
+        .unwrap();
+        remove_kvm_leaves(&mut cpuid);
+        let left: Vec<u32> = cpuid.as_slice().iter().map(|e| e.function).collect();
+        assert_eq!(left, vec![1, 0x8000_0000]);
     }
 }
