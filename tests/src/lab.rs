@@ -1459,11 +1459,31 @@ fn fields(s: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A guest's last serial line may lack its newline (e.g. the UEFI shell's
+/// "Reset with ..." before power-off), so the runner's next line (`@@SERIAL`
+/// of stderr, `@@VM`, `@@TIME`) continues it: split those off again.
+fn split_runner_lines(line: &str) -> Vec<&str> {
+    let mut cuts: Vec<usize> = ["@@SERIAL ", "@@VM ", "@@TIME "]
+        .iter()
+        .flat_map(|m| line.match_indices(m).map(|(i, _)| i))
+        .filter(|&i| i > 0)
+        .collect();
+    cuts.sort_unstable();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for c in cuts {
+        parts.push(&line[start..c]);
+        start = c;
+    }
+    parts.push(&line[start..]);
+    parts
+}
+
 /// Turn the `@@VM`, `@@SERIAL` and `@@RESULT` lines into VM reports.
 pub fn parse_vms(lines: &[String]) -> Vec<VmReport> {
     let mut out: BTreeMap<String, VmReport> = BTreeMap::new();
     let mut order = Vec::new();
-    for line in lines {
+    for line in lines.iter().flat_map(|l| split_runner_lines(l)) {
         // The serial console may put a line after other text (e.g. ANSI resets).
         let Some(at) = line.find("@@") else { continue };
         let l = &line[at..];
@@ -1698,6 +1718,33 @@ mod tests {
         assert!(!vms[1].passed);
         assert_eq!(vms[1].reason, "host_step");
         assert_eq!(vms[1].output, ["no"]);
+    }
+
+    #[test]
+    fn runner_lines_glued_to_an_unterminated_serial_line_are_split() {
+        let lines: Vec<String> = [
+            "@@SERIAL v| Shell> ",
+            "@@SERIAL v| Reset with <null string> (0 bytes)@@SERIAL v| stderr: arbiter: note",
+            "@@SERIAL w| last words@@VM name=w status=pass exit=0 time=3.5",
+            "@@VM name=v status=pass exit=0 time=2.0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let vms = parse_vms(&lines);
+        assert_eq!(vms.len(), 2);
+        let w = vms.iter().find(|v| v.name == "w").unwrap();
+        assert!(w.passed);
+        assert_eq!(w.output, ["last words"]);
+        let v = vms.iter().find(|v| v.name == "v").unwrap();
+        assert_eq!(
+            v.output,
+            [
+                "Shell> ",
+                "Reset with <null string> (0 bytes)",
+                "stderr: arbiter: note"
+            ]
+        );
     }
 
     #[test]
