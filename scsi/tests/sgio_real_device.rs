@@ -351,7 +351,11 @@ cp "$KIMAGE" "$OUT/vmlinuz"
 /// Boot a Debian-kernel VM (QEMU, TCG) with LIO tcm_loop and scsi_debug
 /// and run this file's real-device tests inside it. Opt-in
 /// (`ARBITER_SGIO_LAB=1`): it downloads the kernel package and takes about
-/// half a minute of CPU.
+/// half a minute of CPU. It tests the passthrough unit alone; the cluster
+/// shape (two arbiter VMs on two LIO ports of one LUN, `pr=passthrough`,
+/// RESERVATION CONFLICT and the 2A/05 unit attention in the guests) runs in
+/// CI, not opt-in: `lab_two_arbiter_vms_on_two_lio_ports_of_one_real_lun`
+/// in tests/tests/lab_arbiter.rs.
 #[test]
 fn lab_vm_lio_two_initiator_ports() {
     const T: &str = "lab_vm_lio_two_initiator_ports";
@@ -359,7 +363,11 @@ fn lab_vm_lio_two_initiator_ports() {
         return;
     }
     if std::env::var_os("ARBITER_SGIO_LAB").is_none() {
-        println!("SKIPPED {T}: set ARBITER_SGIO_LAB=1 to boot the LIO/scsi_debug lab VM");
+        println!(
+            "SKIPPED {T}: set ARBITER_SGIO_LAB=1 to boot the LIO/scsi_debug lab VM (two arbiter \
+             VMs on two LIO ports run in CI: arbiter-tests \
+             lab_two_arbiter_vms_on_two_lio_ports_of_one_real_lun)"
+        );
         return;
     }
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/lab/lib.sh");
