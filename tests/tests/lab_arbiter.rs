@@ -472,3 +472,191 @@ fn lab_arbiter_hyperv_enlightenments() {
         "log: {log}"
     );
 }
+
+/// The GUID of the test's UEFI variable `ArbiterLab`.
+const LAB_VAR_GUID: &str = "5a0e2c3b-7d1f-4e6a-9b8c-1d2e3f405162";
+
+/// "hello" as UTF-16LE, the way the UEFI shell's `setvar NAME -guid G`
+/// prints a variable's bytes (upper case hex, compared without case).
+const HELLO_UTF16_HEX: &str = "68 00 65 00 6C 00 6C 00 6F 00";
+
+/// A 1 MiB FAT image whose root holds `startup.nsh` = `script` (CRLF lines),
+/// built with mkfs.vfat and mcopy; `None` (after printing why) without them.
+fn nsh_esp(test: &str, script: &str) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("esp.img");
+    let nsh = dir.path().join("startup.nsh");
+    std::fs::write(&nsh, script.replace('\n', "\r\n")).expect("write startup.nsh");
+    let run = |cmd: &mut std::process::Command| cmd.output().map(|o| o.status.success());
+    let made = run(std::process::Command::new("mkfs.vfat")
+        .args(["-C", "-n", "NSH"])
+        .arg(&img)
+        .arg("1024"))
+    .unwrap_or(false)
+        && run(std::process::Command::new("mcopy")
+            .arg("-i")
+            .arg(&img)
+            .arg(&nsh)
+            .arg("::/startup.nsh"))
+        .unwrap_or(false);
+    if !made {
+        println!(
+            "SKIPPED {test}: mkfs.vfat and mcopy are needed (apt-get install dosfstools mtools)"
+        );
+        return None;
+    }
+    Some(std::fs::read(&img).expect("read esp.img"))
+}
+
+/// The output a VM printed between two marker lines of the startup script,
+/// without terminal escape sequences, in upper case, as one string.
+fn between(vm: &VmReport, from: &str, to: &str) -> String {
+    let text: String = vm
+        .output
+        .iter()
+        .filter(|l| !l.starts_with("stderr: "))
+        .map(|l| strip_ansi(l).to_ascii_uppercase() + "\n")
+        .collect();
+    let (from, to) = (from.to_ascii_uppercase(), to.to_ascii_uppercase());
+    let start = text
+        .find(&from)
+        .unwrap_or_else(|| panic!("{}: no {from:?} in the output:\n{text}", vm.name));
+    let rest = &text[start + from.len()..];
+    let end = rest.find(&to).unwrap_or(rest.len());
+    rest[..end].to_owned()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte (0x40..=0x7E)
+            if chars.next() == Some('[') {
+                for d in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&d) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Issue 7: a UEFI variable written from the shell survives a restart with
+/// the vars file. Debian's OVMF_CODE_4M.fd + a private copy of
+/// OVMF_VARS_4M.fd as CFI flash, booted twice; the shell runs a
+/// startup.nsh from a small FAT disk on virtio-scsi that prints the variable
+/// `ArbiterLab`, sets it non-volatile (`setvar ... -nv -bs =L"hello"`),
+/// prints it again and powers off (`reset -s`). The first boot finds no
+/// variable, the second finds "hello"; on the host the vars file differs
+/// from the template and holds the variable's name. The single OVMF.fd
+/// (ROM) says at start that variables are not kept, and indeed a second
+/// ROM boot does not find the variable the first one set.
+#[test]
+fn lab_arbiter_uefi_variable_survives_restart_with_vars_file() {
+    const TEST: &str = "lab_arbiter_uefi_variable_survives_restart_with_vars_file";
+    let script = format!(
+        "@echo -off\n\
+         echo ARBITER-LAB before\n\
+         setvar ArbiterLab -guid {LAB_VAR_GUID}\n\
+         setvar ArbiterLab -guid {LAB_VAR_GUID} -nv -bs =L\"hello\"\n\
+         echo ARBITER-LAB after\n\
+         setvar ArbiterLab -guid {LAB_VAR_GUID}\n\
+         echo ARBITER-LAB end\n\
+         reset -s\n"
+    );
+    let Some(esp) = nsh_esp(TEST, &script) else {
+        return;
+    };
+    let ro = DiskOpts {
+        readonly: true,
+        ..DiskOpts::default()
+    };
+    let vm = |name: &str, firmware: &str| {
+        Vm::arbiter(name)
+            .args(["--memory", "256M", "--firmware", firmware])
+            .scsi_disk(0, 0, "{tmp}/nsh.img", ro)
+            .expect_exit(Some(0))
+            .expect_serial("ARBITER-LAB end")
+            .timeout(Duration::from_secs(240))
+    };
+    let pflash = "code={ovmf_code},vars={tmp}/vars.fd";
+    let scenario = Scenario::new("arbiter_uefi_vars")
+        .file("nsh.img", &esp)
+        .host(
+            "vars-copy",
+            "cp \"$LAB_OVMF_VARS\" \"$LAB_TMP/vars.fd\" && echo copied $(wc -c <\"$LAB_TMP/vars.fd\")",
+        )
+        .vm(vm("pflash-1", pflash))
+        .host(
+            "vars-changed",
+            "if cmp -s \"$LAB_OVMF_VARS\" \"$LAB_TMP/vars.fd\"; then echo identical; exit 1; fi\n\
+             echo differing_bytes=$(cmp -l \"$LAB_OVMF_VARS\" \"$LAB_TMP/vars.fd\" | wc -l)\n\
+             n=$(tr -d '\\000' <\"$LAB_TMP/vars.fd\" | grep -c ArbiterLab)\n\
+             echo name_found=$n\n\
+             [ \"$n\" -ge 1 ]",
+        )
+        .vm(vm("pflash-2", pflash))
+        .vm(vm("rom-1", "{ovmf}"))
+        .vm(vm("rom-2", "{ovmf}"));
+    let Some(report) = run(TEST, &scenario) else {
+        return;
+    };
+    report.assert_passed();
+    let log = report.log.display();
+    let before = |name: &str| between(report.vm(name), "ARBITER-LAB before", "ARBITER-LAB after");
+    let after = |name: &str| between(report.vm(name), "ARBITER-LAB after", "ARBITER-LAB end");
+    for name in ["pflash-1", "pflash-2", "rom-1", "rom-2"] {
+        assert!(
+            after(name).contains(HELLO_UTF16_HEX),
+            "{name}: setvar did not set ArbiterLab (log: {log})"
+        );
+    }
+    assert!(
+        !before("pflash-1").contains(HELLO_UTF16_HEX),
+        "pflash-1: the fresh vars copy already had ArbiterLab (log: {log})"
+    );
+    assert!(
+        before("pflash-2").contains(HELLO_UTF16_HEX),
+        "pflash-2: ArbiterLab did not survive the restart (log: {log})"
+    );
+    let changed = &report.vm("vars-changed").output;
+    assert!(
+        changed.iter().any(|l| l.starts_with("name_found=")
+            && l.trim_start_matches("name_found=")
+                .parse::<u32>()
+                .unwrap_or(0)
+                >= 1),
+        "the vars file on the host does not hold ArbiterLab: {changed:?} (log: {log})"
+    );
+    for name in ["rom-1", "rom-2"] {
+        assert!(
+            !before(name).contains(HELLO_UTF16_HEX),
+            "{name}: a ROM boot found ArbiterLab set by an earlier boot (log: {log})"
+        );
+        assert!(
+            report
+                .vm(name)
+                .output
+                .iter()
+                // (the last serial line has no newline: stderr may follow on it)
+                .any(|l| l.contains("stderr: arbiter: ")
+                    && l.contains("UEFI variables the guest sets are lost")),
+            "{name}: arbiter did not say that ROM firmware keeps no variables (log: {log})"
+        );
+    }
+    for name in ["pflash-1", "pflash-2"] {
+        assert!(
+            !report
+                .vm(name)
+                .output
+                .iter()
+                .any(|l| l.contains("mapped as ROM")),
+            "{name}: flash firmware reported as ROM (log: {log})"
+        );
+    }
+}
