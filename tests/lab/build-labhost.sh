@@ -8,9 +8,11 @@
 #       and firmware (the peer monitor), OVMF, the Linux test guest (build-guest.sh), the lab
 #       host /init and lablib.sh. Also decides whether the outer QEMU needs bql-shim.so.
 #       Prints KEY=VALUE lines.
-#   tests/lab/build-labhost.sh run OUTDIR ARBITER TEST_GUEST_DIR SCENARIO
+#   tests/lab/build-labhost.sh run OUTDIR ARBITER TEST_GUEST_DIR SCENARIO [RUNNER]
 #       OUTDIR/initrd.gz = the base initramfs + a small one with the arbiter binary (and its
-#       libraries), the freestanding test guests and the scenario script (/lab/run/scenario.sh).
+#       libraries), the freestanding test guests and the scenario script (/lab/run/scenario.sh);
+#       with RUNNER, also that arbiter-lab binary as /usr/bin/arbiter-lab (scenarios that run
+#       the runner itself inside the lab host, in its direct mode).
 #       Linux unpacks concatenated cpio archives in order, so the base is never rebuilt for a
 #       new arbiter binary.
 set -euo pipefail
@@ -95,7 +97,7 @@ build_base() {
 }
 
 build_run() {
-	local outdir=$1 arbiter=$2 guests=$3 scenario=$4 base_env
+	local outdir=$1 arbiter=$2 guests=$3 scenario=$4 runner=${5:--} base_env
 	base_env=$(build_base)
 	eval "$base_env"
 	mkdir -p "$outdir"
@@ -106,6 +108,10 @@ build_run() {
 		lab_install_binary "$root" "$arbiter" /usr/bin/arbiter
 		# debug builds carry ~30 MiB of DWARF that the lab host would unpack under TCG
 		if command -v strip >/dev/null; then strip --strip-debug "$root/usr/bin/arbiter"; fi
+	fi
+	if [ "$runner" != - ]; then
+		lab_install_binary "$root" "$runner" /usr/bin/arbiter-lab
+		if command -v strip >/dev/null; then strip --strip-debug "$root/usr/bin/arbiter-lab"; fi
 	fi
 	if [ -d "$guests" ]; then
 		cp "$guests"/*.elf "$root/lab/run/test-guests/" 2>/dev/null || true
@@ -122,8 +128,9 @@ build_run() {
 case ${1:-} in
 base) build_base ;;
 run)
-	[ $# = 5 ] || lab_die "usage: build-labhost.sh run OUTDIR ARBITER|- TEST_GUEST_DIR SCENARIO"
-	build_run "$2" "$3" "$4" "$5"
+	[ $# = 5 ] || [ $# = 6 ] ||
+		lab_die "usage: build-labhost.sh run OUTDIR ARBITER|- TEST_GUEST_DIR SCENARIO [RUNNER|-]"
+	build_run "$2" "$3" "$4" "$5" "${6:--}"
 	;;
-*) lab_die "usage: build-labhost.sh base | run OUTDIR ARBITER|- TEST_GUEST_DIR SCENARIO" ;;
+*) lab_die "usage: build-labhost.sh base | run OUTDIR ARBITER|- TEST_GUEST_DIR SCENARIO [RUNNER|-]" ;;
 esac

@@ -71,6 +71,12 @@ pub enum Error {
     /// The `arbiter` binary was not found.
     #[error("no arbiter binary at {0} (build it first: cargo build -p vmm, or set ARBITER_BIN)")]
     NoArbiter(PathBuf),
+    /// The `arbiter-lab` binary was not found.
+    #[error(
+        "no arbiter-lab binary at {0} (build it first: cargo build -p arbiter-tests, or set \
+         ARBITER_LAB_BIN)"
+    )]
+    NoLabRunner(PathBuf),
     /// The lab host did not run the scenario to its end.
     #[error("lab host failed: {reason} (full log: {})", log.display())]
     LabHost {
@@ -93,6 +99,10 @@ pub enum Monitor {
     Arbiter,
     /// `qemu-system-x86_64 -enable-kvm`: the peer baseline.
     Qemu,
+    /// `arbiter-lab`, the runner itself, started by the lab: a scenario
+    /// within a scenario (proves the direct mode inside the lab host, whose
+    /// `/dev/kvm` is hardware-style).
+    Lab,
 }
 
 /// One VM of a scenario: the monitor, its arguments and what counts as a pass.
@@ -102,7 +112,8 @@ pub enum Monitor {
 /// initramfs, EFI system partition image), `{ovmf}` (OVMF.fd), `{guest:NAME}`
 /// (a freestanding test guest, `NAME.elf`), `{disk:NAME}` (a disk made by
 /// [`Scenario::disk`]), `{tmp}` (scratch directory), `{lio:PORT}` (the
-/// `/dev/sgN` of port PORT of a LIO logical unit made by [`Scenario::lio`]).
+/// `/dev/sgN` of port PORT of a LIO logical unit made by [`Scenario::lio`]);
+/// `{{` is a literal `{`.
 #[derive(Debug, Clone)]
 pub struct Vm {
     name: String,
@@ -160,11 +171,27 @@ impl Vm {
         }
     }
 
+    /// `arbiter-lab ARGS` (see [`Monitor::Lab`]); its output is the inner
+    /// run's guest console and, on stderr, its summary line.
+    pub fn lab_runner(name: &str) -> Self {
+        Vm {
+            name: name.to_owned(),
+            monitor: Monitor::Lab,
+            args: Vec::new(),
+            expect_exit: Some(0),
+            expect_serial: None,
+            timeout: Duration::from_secs(300),
+            controllers: Vec::new(),
+            timed: false,
+        }
+    }
+
     /// Boot the distribution's OVMF (`OVMF.fd`, one image, variables not kept).
     pub fn ovmf(self) -> Self {
         match self.monitor {
             Monitor::Arbiter => self.args(["--firmware", "{ovmf}"]),
             Monitor::Qemu => self.args(["-bios", "{ovmf}"]),
+            Monitor::Lab => panic!("Vm::ovmf: pass arbiter-lab its own arguments"),
         }
     }
 
@@ -217,6 +244,7 @@ impl Vm {
                 a.push(dev);
                 a
             }
+            Monitor::Lab => panic!("Vm::scsi_disk: pass arbiter-lab its own arguments"),
         };
         self.args(args)
     }
@@ -265,6 +293,7 @@ impl Vm {
                     "scsi-generic,drive={id},bus=scsi{controller}.0,scsi-id={target},lun=0"
                 ));
             }
+            Monitor::Lab => panic!("Vm::scsi_passthrough: pass arbiter-lab its own arguments"),
         }
         self.args(a)
     }
@@ -301,6 +330,7 @@ impl Vm {
                 "-append".into(),
                 cmdline,
             ],
+            Monitor::Lab => panic!("Vm::linux: pass arbiter-lab --linux SCRIPT"),
         };
         self.args(args).expect_serial("@@GUEST done")
     }
@@ -641,6 +671,12 @@ fn word(arg: &str) -> String {
     let mut out = String::from("\"");
     let mut rest = arg;
     while !rest.is_empty() {
+        // `{{` is a literal `{`: a placeholder left for an inner runner.
+        if let Some(after) = rest.strip_prefix("{{") {
+            out.push('{');
+            rest = after;
+            continue;
+        }
         if let Some(after) = rest.strip_prefix('{') {
             if let Some(end) = after.find('}') {
                 let key = &after[..end];
@@ -701,6 +737,7 @@ fn vm_words(vm: &Vm, with_exit: bool) -> String {
     let monitor = match vm.monitor {
         Monitor::Arbiter => "\"$ARBITER\"",
         Monitor::Qemu => "\"$QEMU\"",
+        Monitor::Lab => "\"$ARBITER_LAB\"",
     };
     let exit = if with_exit {
         format!(
@@ -1012,26 +1049,40 @@ pub fn lab_dir() -> PathBuf {
 /// profile as this executable (a test in `<profile>/deps/`, or a binary in
 /// `<profile>/`).
 pub fn arbiter_bin() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os("ARBITER_BIN") {
+    profile_bin("arbiter", "ARBITER_BIN").map_err(|e| match e {
+        Ok(p) => Error::NoArbiter(p),
+        Err(e) => e,
+    })
+}
+
+/// The `arbiter-lab` binary (this runner as a command): `$ARBITER_LAB_BIN`,
+/// else the one of the same cargo profile as this executable.
+pub fn lab_runner_bin() -> Result<PathBuf, Error> {
+    profile_bin("arbiter-lab", "ARBITER_LAB_BIN").map_err(|e| match e {
+        Ok(p) => Error::NoLabRunner(p),
+        Err(e) => e,
+    })
+}
+
+/// `$env`, else binary `name` beside this executable's cargo profile;
+/// `Err(Ok(path))` names where it was looked for.
+fn profile_bin(name: &str, env: &str) -> Result<PathBuf, Result<PathBuf, Error>> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(Error::NoArbiter(p))
-        };
+        return if p.is_file() { Ok(p) } else { Err(Ok(p)) };
     }
-    let exe = std::env::current_exe().map_err(io_err("current_exe"))?;
+    let exe = std::env::current_exe().map_err(|e| Err(io_err("current_exe")(e)))?;
     let dir = exe.parent().map(Path::to_owned).unwrap_or_default();
     let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
         dir.parent().map(Path::to_owned).unwrap_or_default()
     } else {
         dir
     };
-    let p = profile_dir.join("arbiter");
+    let p = profile_dir.join(name);
     if p.is_file() {
         Ok(p)
     } else {
-        Err(Error::NoArbiter(p))
+        Err(Ok(p))
     }
 }
 
@@ -1104,10 +1155,19 @@ pub fn run(test: &str, scenario: &Scenario) -> Result<Run, Error> {
     };
     let _guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     let _lock = lock_lab()?;
-    let arbiter = if scenario.uses(Monitor::Arbiter) {
+    let arbiter = if scenario.uses(Monitor::Arbiter) || scenario.uses(Monitor::Lab) {
         Some(arbiter_bin()?)
     } else {
         None
+    };
+    let runner = if scenario.uses(Monitor::Lab) {
+        Some(lab_runner_bin()?)
+    } else {
+        None
+    };
+    let bins = Bins {
+        arbiter: arbiter.as_deref(),
+        runner: runner.as_deref(),
     };
     let logs = lab_dir().join("logs");
     std::fs::create_dir_all(&logs).map_err(io_err("creating target/lab/logs"))?;
@@ -1118,8 +1178,8 @@ pub fn run(test: &str, scenario: &Scenario) -> Result<Run, Error> {
     let script_path = run_dir.join("scenario.sh");
     std::fs::write(&script_path, scenario.script()).map_err(io_err("writing scenario.sh"))?;
     let result = match mode {
-        Mode::Direct => run_direct(test, scenario, arbiter.as_deref(), &script_path, &log)?,
-        Mode::Nested => run_nested(test, scenario, arbiter.as_deref(), &run_dir, &log)?,
+        Mode::Direct => run_direct(test, scenario, bins, &script_path, &log)?,
+        Mode::Nested => run_nested(test, scenario, bins, &run_dir, &log)?,
     };
     if let Run::Done(report) = &result {
         eprintln!("{}", report.summary());
@@ -1132,10 +1192,40 @@ pub fn run(test: &str, scenario: &Scenario) -> Result<Run, Error> {
     Ok(result)
 }
 
+/// The binaries a scenario runs.
+#[derive(Clone, Copy)]
+struct Bins<'a> {
+    arbiter: Option<&'a Path>,
+    runner: Option<&'a Path>,
+}
+
+/// The Linux test guest's images: those in `$ARBITER_LAB_GUEST` (a folder
+/// with `vmlinuz`, `initrd.gz`, `esp.img`, as the lab host carries them),
+/// else built (or found cached) by build-guest.sh.
+fn guest_images() -> Result<Result<BTreeMap<String, String>, String>, Error> {
+    let Some(dir) = std::env::var_os("ARBITER_LAB_GUEST") else {
+        return run_script(&["build-guest.sh"]);
+    };
+    let dir = PathBuf::from(dir);
+    let mut env = BTreeMap::new();
+    for (k, f) in [
+        ("LAB_GUEST_KERNEL", "vmlinuz"),
+        ("LAB_GUEST_INITRD", "initrd.gz"),
+        ("LAB_GUEST_ESP", "esp.img"),
+    ] {
+        let p = dir.join(f);
+        if !p.is_file() {
+            return Ok(Err(format!("ARBITER_LAB_GUEST: no {}", p.display())));
+        }
+        env.insert(k.to_owned(), p.display().to_string());
+    }
+    Ok(Ok(env))
+}
+
 fn run_direct(
     test: &str,
     scenario: &Scenario,
-    arbiter: Option<&Path>,
+    bins: Bins,
     script: &Path,
     log: &Path,
 ) -> Result<Run, Error> {
@@ -1152,7 +1242,7 @@ fn run_direct(
         kvm::skip(test, &why);
         return Ok(Run::Skipped(why));
     }
-    let env = match run_script(&["build-guest.sh"])? {
+    let env = match guest_images()? {
         Ok(env) => env,
         Err(why) => {
             kvm::skip(test, &why);
@@ -1162,7 +1252,12 @@ fn run_direct(
     let tmp = lab_dir().join("tmp").join(&scenario.name);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err("creating the scratch directory"))?;
-    let lablib = repo_root().join("tests/lab/host/lablib.sh");
+    let lablib = std::env::var_os("ARBITER_LAB_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tests/lab/host/lablib.sh"));
+    let ovmf = std::env::var_os("ARBITER_LAB_OVMF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/ovmf/OVMF.fd"));
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(". \"$1\"; . \"$2\"; echo \"@@LAB end\"")
@@ -1172,12 +1267,15 @@ fn run_direct(
         .env("LAB_MODE", "direct")
         .env("LAB_TMP", &tmp)
         .env("QEMU", "qemu-system-x86_64")
-        .env("LAB_OVMF", "/usr/share/ovmf/OVMF.fd")
+        .env("LAB_OVMF", ovmf)
         .env("LAB_OVMF_CODE", "/usr/share/OVMF/OVMF_CODE_4M.fd")
         .env("LAB_OVMF_VARS", "/usr/share/OVMF/OVMF_VARS_4M.fd")
         .env("LAB_TEST_GUESTS", guests::dir());
-    if let Some(a) = arbiter {
+    if let Some(a) = bins.arbiter {
         cmd.env("ARBITER", a);
+    }
+    if let Some(r) = bins.runner {
+        cmd.env("ARBITER_LAB", r);
     }
     for k in ["LAB_GUEST_KERNEL", "LAB_GUEST_INITRD", "LAB_GUEST_ESP"] {
         if let Some(v) = env.get(k) {
@@ -1226,11 +1324,16 @@ fn lio_direct_ready() -> Result<(), String> {
 fn run_nested(
     test: &str,
     scenario: &Scenario,
-    arbiter: Option<&Path>,
+    bins: Bins,
     run_dir: &Path,
     log: &Path,
 ) -> Result<Run, Error> {
-    let arbiter_arg = arbiter.map_or("-".to_owned(), |a| a.display().to_string());
+    let arbiter_arg = bins
+        .arbiter
+        .map_or("-".to_owned(), |a| a.display().to_string());
+    let runner_arg = bins
+        .runner
+        .map_or("-".to_owned(), |a| a.display().to_string());
     let run_dir_s = run_dir.display().to_string();
     let guests_s = guests::dir().display().to_string();
     let script_s = run_dir.join("scenario.sh").display().to_string();
@@ -1241,6 +1344,7 @@ fn run_nested(
         &arbiter_arg,
         &guests_s,
         &script_s,
+        &runner_arg,
     ])? {
         Ok(env) => env,
         Err(why) => {
