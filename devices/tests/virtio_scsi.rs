@@ -1147,3 +1147,64 @@ fn request_queue_alone_as_ovmf_drives_it() {
     w(&mut t, 0x14, &[0]);
     assert_eq!(status(&mut t), 0);
 }
+
+/// A target that could not deliver a command (a passthrough LU whose host
+/// path failed) makes the device answer with the matching virtio response
+/// code, no SCSI status and no sense, and the residual of what was not
+/// transferred: the codes guest drivers act on (Linux maps BUSY to
+/// DID_BUS_BUSY and retries, RESET to DID_RESET, TRANSPORT_FAILURE to
+/// DID_TRANSPORT_DISRUPTED, ...).
+#[test]
+fn delivery_failures_become_virtio_response_codes() {
+    use scsi::DeliveryFailure as D;
+    let s = setup();
+    let mem = memory();
+    let mut ring = Ring::new(&mem, 0x2000, HEAP);
+    let irq = RecordingInterrupt::default();
+    let cases = [
+        (D::Timeout, response::BUSY),
+        (D::Busy, response::BUSY),
+        (D::Reset, response::RESET),
+        (D::Aborted, response::ABORTED),
+        (D::TransportFailure, response::TRANSPORT_FAILURE),
+        (D::BadTarget, response::BAD_TARGET),
+        (D::TargetFailure, response::TARGET_FAILURE),
+        (D::NexusFailure, response::NEXUS_FAILURE),
+        (D::Overrun, response::OVERRUN),
+        (D::Failure, response::FAILURE),
+    ];
+    for (i, (failure, code)) in cases.into_iter().enumerate() {
+        // 100 of the 512 data-in bytes arrived before the failure.
+        *s.t0.delivery_failure.lock().unwrap() = Some((failure, 100));
+        let tag = 0x2000 + u64::try_from(i).unwrap();
+        let r = command(
+            &s,
+            &mut ring,
+            &irq,
+            [1, 0, 0, 0, 0, 0, 0, 0],
+            tag,
+            &read10(0, 1),
+            &[],
+            512,
+        );
+        assert_eq!(
+            (r.response, r.status, r.sense_len, r.resid),
+            (code, 0, 0, 412),
+            "{failure:?}"
+        );
+    }
+    // Once the path is back, the same command completes normally.
+    *s.t0.delivery_failure.lock().unwrap() = None;
+    let r = command(
+        &s,
+        &mut ring,
+        &irq,
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        0x3000,
+        &read10(0, 1),
+        &[],
+        512,
+    );
+    assert_eq!((r.response, r.status, r.resid), (response::OK, 0, 0));
+    assert_eq!(r.data_in, expected_block(0, 0, 0));
+}

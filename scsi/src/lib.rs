@@ -28,5 +28,6 @@ pub use emulated::{EmulatedTarget, LogicalUnit};
 pub use nexus::{ItNexus, PortName, TargetPort};
 pub use sense::{Sense, SenseKey, Status};
 pub use target::{
-    DataIn, DataOut, Lun, Request, Response, ScsiTarget, TaskMgmt, TmfResponse, TransportError,
+    DataIn, DataOut, DeliveryFailure, Lun, Request, Response, ScsiTarget, TaskMgmt, TmfResponse,
+    TransportError,
 };

@@ -218,6 +218,47 @@ pub enum TransportError {
     /// The CDB buffer is empty.
     #[error("empty CDB")]
     EmptyCdb,
+    /// The command did not complete with a SCSI status: the service
+    /// delivery subsystem failed (SAM-5's SERVICE DELIVERY OR TARGET
+    /// FAILURE), e.g. the host path to a passthrough device timed out, was
+    /// reset or is gone. A transport that can say so tells the initiator
+    /// which (virtio-scsi: its response codes, which guest drivers retry
+    /// where that makes sense); it is never reported as GOOD.
+    #[error("service delivery failed ({failure:?})")]
+    Delivery {
+        /// What failed.
+        failure: DeliveryFailure,
+        /// Bytes written to data-in before the failure.
+        data_in_len: usize,
+        /// Bytes consumed from data-out before the failure.
+        data_out_len: usize,
+    },
+}
+
+/// Why a command could not be delivered or completed by the target
+/// ([`TransportError::Delivery`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryFailure {
+    /// The command timed out below the target (retry).
+    Timeout,
+    /// The path is busy (retry).
+    Busy,
+    /// The path or the device was reset.
+    Reset,
+    /// The command was aborted below the target.
+    Aborted,
+    /// The path to the device is down.
+    TransportFailure,
+    /// The device is not there (any more).
+    BadTarget,
+    /// The device failed permanently.
+    TargetFailure,
+    /// The I_T nexus failed.
+    NexusFailure,
+    /// The initiator's buffers are smaller than the command's transfer.
+    Overrun,
+    /// Any other failure.
+    Failure,
 }
 
 /// Task management functions (SAM-5 7.1).

@@ -688,6 +688,98 @@ fn host_and_driver_status_classes_map_to_retryable_virtio_responses() {
     }
 }
 
+/// What the transport gets from `execute` (the ScsiTarget / LogicalUnit
+/// path): a host failure is `Err(TransportError::Delivery)` naming it, so
+/// that virtio-scsi answers with its own response code (BUSY for a timeout,
+/// RESET, ...) instead of a made-up SCSI status; a device answer, even a
+/// CHECK CONDITION or RESERVATION CONFLICT, stays `Ok` byte for byte.
+#[test]
+fn execute_reports_host_failures_as_service_delivery_failures() {
+    use scsi::emulated::{EmulatedTarget, LogicalUnit};
+    use scsi::target::{ScsiTarget, TransportError};
+    use scsi::DeliveryFailure;
+    let cases: &[(u16, i32, Option<DeliveryFailure>)] = &[
+        (did::TIME_OUT, 0, Some(DeliveryFailure::Timeout)),
+        (did::RESET, 0, Some(DeliveryFailure::Reset)),
+        (did::BUS_BUSY, 0, Some(DeliveryFailure::Busy)),
+        (
+            did::TRANSPORT_DISRUPTED,
+            0,
+            Some(DeliveryFailure::TransportFailure),
+        ),
+        (0, libc::ENODEV, Some(DeliveryFailure::BadTarget)),
+        (0, libc::EIO, Some(DeliveryFailure::Failure)),
+        (0, 0, None),
+    ];
+    for &(host, errno, want) in cases {
+        let (_, lu) = open(
+            FakeSg::new(model(512, 0, move |_| {
+                if errno != 0 {
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                Ok(FakeReply {
+                    host_status: host,
+                    // RESERVATION CONFLICT from the device when the host path is fine.
+                    status: if host == 0 { 0x18 } else { 0 },
+                    data_in: vec![0xEE; 512],
+                    ..Default::default()
+                })
+            })),
+            PassthroughConfig {
+                block_size: Some(512),
+                ..cfg()
+            },
+        );
+        let target = EmulatedTarget::new()
+            .with_lun(0, Arc::new(lu) as Arc<dyn LogicalUnit>)
+            .unwrap();
+        let n = node_a();
+        let mut reader = Cursor::new(Vec::new());
+        let mut sink: Vec<u8> = Vec::new();
+        let req = Request {
+            nexus: &n,
+            lun: 0,
+            tag: 9,
+            attr: TaskAttr::Simple,
+            // READ(10) LBA 0, 1 block
+            cdb: &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        };
+        let r = target.execute(
+            &req,
+            DataOut {
+                reader: &mut reader,
+                len: 0,
+            },
+            DataIn {
+                writer: &mut sink,
+                len: 512,
+            },
+        );
+        let what = format!("host {host:#x} errno {errno}");
+        match (want, r) {
+            (
+                Some(w),
+                Err(TransportError::Delivery {
+                    failure,
+                    data_in_len,
+                    data_out_len,
+                }),
+            ) => {
+                assert_eq!((failure, data_in_len, data_out_len), (w, 0, 0), "{what}");
+                assert!(sink.is_empty(), "{what}");
+            }
+            (None, Ok(r)) => {
+                assert_eq!(
+                    (r.status, r.sense.len()),
+                    (Status::ReservationConflict, 0),
+                    "{what}"
+                );
+            }
+            (w, r) => panic!("{what}: expected {w:?}, got {r:?}"),
+        }
+    }
+}
+
 #[test]
 fn host_errnos_never_become_good() {
     let cases: &[(i32, Option<HostFailure>, VirtioResponse, Status)] = &[

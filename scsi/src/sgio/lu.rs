@@ -495,18 +495,18 @@ impl PassthroughLu {
         Ok(v)
     }
 
-    /// Execute one command and return the SCSI [`Response`]; host failures
-    /// become their never-GOOD SCSI fallback (see
-    /// [`PassthroughOutcome::into_response`]).
+    /// Execute one command: the device's (or our emulation's) SCSI
+    /// [`Response`], or, when the host could not complete it,
+    /// [`TransportError::Delivery`] naming the failure so that the transport
+    /// answers with its own code (virtio-scsi: BUSY, RESET, TRANSPORT_FAILURE,
+    /// ...; see [`PassthroughOutcome::into_result`]).
     pub fn execute(
         &self,
         req: &Request<'_>,
         data_out: DataOut<'_>,
         data_in: DataIn<'_>,
     ) -> Result<Response, TransportError> {
-        Ok(self
-            .execute_outcome(req, data_out, data_in)?
-            .into_response())
+        self.execute_outcome(req, data_out, data_in)?.into_result()
     }
 
     /// Execute one command; the outcome says which virtio-scsi response to

@@ -5,10 +5,12 @@
 //! BUSY, …): that is [`PassthroughOutcome::Completed`] and is handed to the
 //! guest byte for byte. Or the host could not deliver it (timeout, reset,
 //! lost path, unplugged device, ioctl errno): that is
-//! [`PassthroughOutcome::HostFailed`], which the virtio-scsi transport turns
-//! into a non-OK virtio response ([`PassthroughOutcome::virtio_response`]),
-//! and which is never GOOD even for a transport that can only carry a SCSI
-//! status ([`PassthroughOutcome::into_response`]).
+//! [`PassthroughOutcome::HostFailed`], which [`crate::ScsiTarget::execute`]
+//! returns as [`TransportError::Delivery`] and the virtio-scsi transport
+//! turns into a non-OK virtio response (the column below;
+//! [`PassthroughOutcome::virtio_response`] gives the same), and which is
+//! never GOOD even for a transport that can only carry a SCSI status
+//! ([`PassthroughOutcome::into_response`]).
 //!
 //! | host condition                                   | [`HostFailure`]     | virtio response   | SCSI fallback                |
 //! |--------------------------------------------------|---------------------|-------------------|------------------------------|
@@ -38,7 +40,7 @@
 use std::io;
 
 use crate::sense::{codes, Sense, SenseKey, Status};
-use crate::target::Response;
+use crate::target::{DeliveryFailure, Response, TransportError};
 
 use super::transport::{did, SgCompletion, DRIVER_SENSE, DRIVER_TIMEOUT};
 
@@ -124,6 +126,22 @@ impl HostFailure {
         }
     }
 
+    /// The transport-neutral failure carried by [`TransportError::Delivery`].
+    pub fn delivery_failure(self) -> DeliveryFailure {
+        match self {
+            HostFailure::Timeout => DeliveryFailure::Timeout,
+            HostFailure::Busy => DeliveryFailure::Busy,
+            HostFailure::Reset => DeliveryFailure::Reset,
+            HostFailure::Aborted => DeliveryFailure::Aborted,
+            HostFailure::TransportFailure => DeliveryFailure::TransportFailure,
+            HostFailure::BadTarget | HostFailure::DeviceGone => DeliveryFailure::BadTarget,
+            HostFailure::TargetFailure => DeliveryFailure::TargetFailure,
+            HostFailure::NexusFailure => DeliveryFailure::NexusFailure,
+            HostFailure::Overrun => DeliveryFailure::Overrun,
+            HostFailure::Failure => DeliveryFailure::Failure,
+        }
+    }
+
     /// The SCSI status and sense for a transport that cannot carry a virtio
     /// response. Never GOOD.
     pub fn scsi_fallback(self) -> (Status, Option<Sense>) {
@@ -187,8 +205,28 @@ impl PassthroughOutcome {
         }
     }
 
+    /// What [`crate::ScsiTarget::execute`] returns: the SCSI [`Response`]
+    /// of a completed command, [`TransportError::Delivery`] for a host
+    /// failure (the transport's own failure code reaches the initiator).
+    pub fn into_result(self) -> Result<Response, TransportError> {
+        match self {
+            PassthroughOutcome::Completed(r) => Ok(r),
+            PassthroughOutcome::HostFailed {
+                failure,
+                data_in_len,
+                data_out_len,
+                ..
+            } => Err(TransportError::Delivery {
+                failure: failure.delivery_failure(),
+                data_in_len,
+                data_out_len,
+            }),
+        }
+    }
+
     /// Collapse into a SCSI [`Response`] (host failures get their SCSI
-    /// fallback, fixed-format sense). Never GOOD for a host failure.
+    /// fallback, fixed-format sense), for a transport that can only carry a
+    /// SCSI status. Never GOOD for a host failure.
     pub fn into_response(self) -> Response {
         match self {
             PassthroughOutcome::Completed(r) => r,

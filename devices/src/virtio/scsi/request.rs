@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use log::{debug, warn};
-use scsi::target::{DataIn, DataOut, Request, TaskAttr};
+use scsi::target::{DataIn, DataOut, DeliveryFailure, Request, TaskAttr, TransportError};
 use scsi::Lun;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
@@ -289,6 +289,23 @@ impl RequestProcessor {
                             response: response::OK,
                         }
                     }
+                    Err(TransportError::Delivery {
+                        failure,
+                        data_in_len,
+                        data_out_len,
+                    }) => {
+                        debug!("virtio-scsi: tag {tag:#x}: service delivery failed: {failure:?}");
+                        let resid = if din_cap > 0 {
+                            din_cap.saturating_sub(*data_in_len)
+                        } else {
+                            dout_cap.saturating_sub(*data_out_len)
+                        };
+                        CmdResponse {
+                            resid: sat_u32(resid),
+                            response: delivery_response(*failure),
+                            ..Default::default()
+                        }
+                    }
                     Err(e) => {
                         debug!("virtio-scsi: transport error on tag {tag:#x}: {e}");
                         CmdResponse {
@@ -306,6 +323,24 @@ impl RequestProcessor {
             .and_then(|()| writer.write_all(sense_out))
             .map_err(|_| ChainError::Memory)?;
         Ok(sat_u32(used))
+    }
+}
+
+/// The virtio response for a command the target could not deliver (virtio
+/// 1.2, 5.6.6.1). A timeout is BUSY, as QEMU answers it: Linux
+/// (`DID_BUS_BUSY`) and Windows vioscsi (`SRB_STATUS_BUSY`) retry BUSY, while
+/// both fail an ABORTED command without retrying.
+pub fn delivery_response(failure: DeliveryFailure) -> u8 {
+    match failure {
+        DeliveryFailure::Timeout | DeliveryFailure::Busy => response::BUSY,
+        DeliveryFailure::Reset => response::RESET,
+        DeliveryFailure::Aborted => response::ABORTED,
+        DeliveryFailure::TransportFailure => response::TRANSPORT_FAILURE,
+        DeliveryFailure::BadTarget => response::BAD_TARGET,
+        DeliveryFailure::TargetFailure => response::TARGET_FAILURE,
+        DeliveryFailure::NexusFailure => response::NEXUS_FAILURE,
+        DeliveryFailure::Overrun => response::OVERRUN,
+        DeliveryFailure::Failure => response::FAILURE,
     }
 }
 

@@ -55,6 +55,10 @@ pub struct FakeTarget {
     pub tmf_answer: Mutex<TmfResponse>,
     /// Pending unit attentions per (initiator name, lun).
     pub unit_attentions: Mutex<HashMap<(String, Lun), Sense>>,
+    /// When set, every command fails with this service delivery failure
+    /// (as a passthrough LU answers when the host path fails), after
+    /// `data_in_len` bytes of data-in.
+    pub delivery_failure: Mutex<Option<(scsi::DeliveryFailure, usize)>>,
 }
 
 impl FakeTarget {
@@ -76,6 +80,7 @@ impl FakeTarget {
             tmfs: Mutex::new(Vec::new()),
             tmf_answer: Mutex::new(TmfResponse::Complete),
             unit_attentions: Mutex::new(HashMap::new()),
+            delivery_failure: Mutex::new(None),
         }
     }
 
@@ -119,6 +124,18 @@ impl ScsiTarget for FakeTarget {
             data_in_len: data_in.len,
         });
         let op = *req.cdb.first().ok_or(TransportError::EmptyCdb)?;
+        if let Some((failure, n)) = *self.delivery_failure.lock().unwrap() {
+            let n = n.min(data_in.len);
+            data_in
+                .writer
+                .write_all(&vec![0xEE; n])
+                .map_err(TransportError::DataIn)?;
+            return Err(TransportError::Delivery {
+                failure,
+                data_in_len: n,
+                data_out_len: 0,
+            });
+        }
         let mut disks = self.disks.lock().unwrap();
         let Some(disk) = disks.get_mut(&req.lun) else {
             if op == 0x12 {
