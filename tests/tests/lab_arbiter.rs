@@ -660,3 +660,67 @@ fn lab_arbiter_uefi_variable_survives_restart_with_vars_file() {
         );
     }
 }
+
+/// Issue 7: time from start to the UEFI shell prompt, arbiter next to QEMU
+/// (`-machine pc`), same OVMF, same (lab) host, same run: the single OVMF.fd
+/// (QEMU `-bios`, arbiter ROM) and the CFI flash pair (QEMU
+/// `-drive if=pflash` x2, arbiter `code=,vars=`), each VM with a fresh copy
+/// of the variable template. Prints the arbiter/QEMU ratios (goal <= 1.0).
+#[test]
+fn lab_compare_arbiter_with_qemu_ovmf_time_to_shell() {
+    let shell = |vm: Vm| {
+        vm.expect_exit(None)
+            .expect_serial("Shell>")
+            .time_to_serial()
+            .timeout(Duration::from_secs(300))
+    };
+    let scenario = Scenario::new("compare_ovmf_time_to_shell")
+        .host(
+            "vars-copies",
+            "cp \"$LAB_OVMF_VARS\" \"$LAB_TMP/qvars.fd\" && cp \"$LAB_OVMF_VARS\" \"$LAB_TMP/avars.fd\"",
+        )
+        .vm(shell(Vm::arbiter("arbiter-rom").args(["--memory", "256M"]).ovmf()))
+        .vm(shell(Vm::qemu("qemu-rom").args(["-machine", "pc", "-m", "256"]).ovmf()))
+        .vm(shell(Vm::arbiter("arbiter-pflash").args([
+            "--memory",
+            "256M",
+            "--firmware",
+            "code={ovmf_code},vars={tmp}/avars.fd",
+        ])))
+        .vm(shell(Vm::qemu("qemu-pflash").args([
+            "-machine",
+            "pc",
+            "-m",
+            "256",
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file={ovmf_code}",
+            "-drive",
+            "if=pflash,format=raw,unit=1,file={tmp}/qvars.fd",
+        ])));
+    let Some(report) = run(
+        "lab_compare_arbiter_with_qemu_ovmf_time_to_shell",
+        &scenario,
+    ) else {
+        return;
+    };
+    report.assert_passed();
+    let t = |name: &str| {
+        report
+            .vm(name)
+            .serial_seconds
+            .unwrap_or_else(|| panic!("{name}: no time to Shell> (log: {})", report.log.display()))
+    };
+    let (ar, qr, ap, qp) = (
+        t("arbiter-rom"),
+        t("qemu-rom"),
+        t("arbiter-pflash"),
+        t("qemu-pflash"),
+    );
+    eprintln!(
+        "COMPARE arbiter/qemu ({:?}): OVMF start to Shell> ROM {ar:.2}s/{qr:.2}s = {:.2}x, \
+         pflash {ap:.2}s/{qp:.2}s = {:.2}x (goal <= 1.0)",
+        report.mode,
+        ar / qr.max(1e-9),
+        ap / qp.max(1e-9)
+    );
+}
