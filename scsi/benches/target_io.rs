@@ -96,6 +96,9 @@ static TAGS: AtomicU64 = AtomicU64::new(1);
 fn worker(fx: &Fixture, op: Op, path: Path, n: u64, seed: u64) {
     let mut rng = seed | 1;
     let nx = nexus(seed);
+    // Tags are per nexus (as a transport's are): no shared counter that
+    // the plain path does not have.
+    let mut tag = TAGS.fetch_add(1 << 32, Ordering::Relaxed);
     let wbuf = vec![0xA5u8; IO];
     // Both paths read into (write from) the same buffers.
     let mut rbuf = vec![0u8; IO];
@@ -121,7 +124,7 @@ fn worker(fx: &Fixture, op: Op, path: Path, n: u64, seed: u64) {
                 let req = Request {
                     nexus: &nx,
                     lun: 0,
-                    tag: TAGS.fetch_add(1, Ordering::Relaxed),
+                    tag,
                     attr: TaskAttr::Simple,
                     cdb: &cdb,
                 };
@@ -144,6 +147,7 @@ fn worker(fx: &Fixture, op: Op, path: Path, n: u64, seed: u64) {
                     )
                     .expect("transport");
                 debug_assert_eq!(r.status, Status::Good);
+                tag += 1;
             }
         }
     }

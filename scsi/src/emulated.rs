@@ -38,7 +38,9 @@
 //! # let _ = PortName::derived_naa("x");
 //! ```
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::cdb::{self, Cmd, ParseError};
@@ -91,16 +93,76 @@ pub enum LunError {
 /// Highest single-level LUN.
 pub const MAX_LUN: Lun = 16383;
 
+/// Source of LUN map versions, unique across every target of the process.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// A cached unit: (LUN map version, LUN, unit).
+type CachedUnit = (u64, Lun, Arc<dyn LogicalUnit>);
+
+thread_local! {
+    /// The logical unit this thread's last command went to, with the LUN
+    /// map version it was looked up in: consecutive commands of a queue
+    /// thread to the same LU skip the map's lock (two atomic operations, a
+    /// measurable part of a 4 KiB read).
+    static LAST_LU: RefCell<Option<CachedUnit>> = const { RefCell::new(None) };
+}
+
 /// A target device with logical units.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EmulatedTarget {
     luns: RwLock<BTreeMap<Lun, Arc<dyn LogicalUnit>>>,
+    /// Version of `luns`, changed (to a process-wide unique value) with it.
+    version: AtomicU64,
+}
+
+impl Default for EmulatedTarget {
+    fn default() -> Self {
+        EmulatedTarget {
+            luns: RwLock::default(),
+            version: AtomicU64::new(NEXT_VERSION.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
 }
 
 impl EmulatedTarget {
     /// A target without logical units.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Mark the LUN map changed (called with its write lock held).
+    fn bump_version(&self) {
+        let v = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
+        self.version.store(v, Ordering::Release);
+    }
+
+    /// The unit at `lun` for a command, with the map version it is valid
+    /// for: taken from this thread's cache when the map has not changed
+    /// since, else looked up. Give it back with [`Self::cache_unit`].
+    fn unit_for_command(&self, lun: Lun) -> Option<(u64, Arc<dyn LogicalUnit>)> {
+        let version = self.version.load(Ordering::Acquire);
+        let cached = LAST_LU
+            .try_with(|c| match c.try_borrow_mut().ok()?.take() {
+                Some((v, l, lu)) if v == version && l == lun => Some((v, lu)),
+                _ => None,
+            })
+            .ok()
+            .flatten();
+        if cached.is_some() {
+            return cached;
+        }
+        let m = self.map();
+        let version = self.version.load(Ordering::Acquire);
+        m.get(&lun).map(|lu| (version, lu.clone()))
+    }
+
+    /// Keep `lu` as this thread's last unit.
+    fn cache_unit(version: u64, lun: Lun, lu: Arc<dyn LogicalUnit>) {
+        let _ = LAST_LU.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                *c = Some((version, lun, lu));
+            }
+        });
     }
 
     /// Builder form of [`EmulatedTarget::add_lun`].
@@ -127,6 +189,7 @@ impl EmulatedTarget {
             other.raise_unit_attention(codes::REPORTED_LUNS_DATA_CHANGED);
         }
         m.insert(lun, lu);
+        self.bump_version();
         Ok(())
     }
 
@@ -135,6 +198,7 @@ impl EmulatedTarget {
     pub fn remove_lun(&self, lun: Lun) -> Option<Arc<dyn LogicalUnit>> {
         let mut m = self.luns.write().unwrap_or_else(|e| e.into_inner());
         let lu = m.remove(&lun)?;
+        self.bump_version();
         for other in m.values() {
             other.raise_unit_attention(codes::REPORTED_LUNS_DATA_CHANGED);
         }
@@ -273,9 +337,12 @@ impl ScsiTarget for EmulatedTarget {
             }
             _ => {}
         }
-        let map = self.map();
-        match map.get(&req.lun) {
-            Some(lu) => lu.execute(req, data_out, data_in),
+        match self.unit_for_command(req.lun) {
+            Some((version, lu)) => {
+                let r = lu.execute(req, data_out, data_in);
+                Self::cache_unit(version, req.lun, lu);
+                r
+            }
             None => match parsed {
                 Ok(c) => self.absent_lun(&c, &mut data_in),
                 Err(_) => Ok(Self::check(codes::LUN_NOT_SUPPORTED)),

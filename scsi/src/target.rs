@@ -545,6 +545,40 @@ mod tests {
         assert!(matches!(e, TransportError::DataIn(_)), "{e:?}");
     }
 
+    /// The target's per-thread "last unit" shortcut never sends a command
+    /// to a unit that was removed or replaced.
+    #[test]
+    fn commands_follow_hot_unplug_and_replug_of_a_lun() {
+        let (_, t) = target();
+        let read1 = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]; // READ(10) LBA 0, 1 block
+        let mut v = Vec::new();
+        assert_eq!(exec(&t, &read1, &mut v, 512).status, Status::Good);
+        assert_eq!(v, medium(0, 512));
+        assert!(t.remove_lun(0).is_some());
+        let r = exec(&t, &read1, &mut Vec::new(), 512);
+        // LOGICAL UNIT NOT SUPPORTED (5/25/00), answered by the target.
+        assert_eq!(
+            (r.status, r.sense[2], r.sense[12]),
+            (Status::CheckCondition, 5, 0x25)
+        );
+        // A different disk at the same LUN: zeros, and its own power-on UA.
+        let disk = Disk::new(
+            DiskConfig::new(DiskIdentity::from_text("u")),
+            Arc::new(MemBackend::new(4096)),
+            None,
+        )
+        .unwrap();
+        t.add_lun(0, Arc::new(disk)).unwrap();
+        let r = exec(&t, &read1, &mut Vec::new(), 512);
+        assert_eq!(
+            (r.status, r.sense[12], r.sense[13]),
+            (Status::CheckCondition, 0x29, 0)
+        );
+        let mut v = Vec::new();
+        assert_eq!(exec(&t, &read1, &mut v, 512).status, Status::Good);
+        assert_eq!(v, [0u8; 512]);
+    }
+
     #[test]
     fn write_goes_from_data_out_in_place_and_short_data_out_is_refused() {
         let (mem, t) = target();

@@ -271,7 +271,7 @@ pub(crate) fn take_buffer(len: usize) -> Vec<u8> {
 
 /// Return a buffer for reuse by the next command on this thread.
 pub(crate) fn recycle_buffer(v: Vec<u8>) {
-    if v.capacity() <= SCRATCH_MAX {
+    if v.capacity() != 0 && v.capacity() <= SCRATCH_MAX {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             if v.capacity() > s.capacity() {
