@@ -39,7 +39,7 @@ use crate::cdb::{self, Cdb, Cmd, Needs, ParseError, UaRule};
 use crate::datain::{complete_data_in, read_data_out_into};
 use crate::emulated::LogicalUnit;
 use crate::nexus::{ItNexus, PortName};
-use crate::pr::{PrAccess, PrOutcome, Reservations};
+use crate::pr::{NexusPrCache, PrAccess, PrOutcome, Reservations};
 use crate::sense::{codes, Sense, Status};
 use crate::target::{DataIn, DataOut, Request, Response, TaskMgmt, TmfResponse, TransportError};
 use crate::unit_attention::UaQueue;
@@ -289,6 +289,8 @@ struct NexusState {
     tasks: FastMap<u64, bool>,
     /// Echo buffer (WRITE/READ BUFFER mode 0x0A).
     echo: Option<Vec<u8>>,
+    /// Reservation answers while the reservation state is unchanged.
+    pr: NexusPrCache,
 }
 
 impl NexusState {
@@ -297,6 +299,7 @@ impl NexusState {
             ua: UaQueue::new_nexus(),
             tasks: FastMap::default(),
             echo: None,
+            pr: NexusPrCache::default(),
         }
     }
 }
@@ -499,7 +502,9 @@ impl Disk {
 
     /// Register the command: report a pending unit attention instead of
     /// executing it (unless exempt), or refuse a tag already outstanding.
-    fn begin(&self, req: &Request<'_>, exempt: bool) -> Result<(), Sense> {
+    /// Returns the reservation conflict mask for the command (`PrAccess`
+    /// bits; `None`: ask the reservation state).
+    fn begin(&self, req: &Request<'_>, exempt: bool) -> Result<Option<u8>, Sense> {
         let mut st = self.lock();
         let ns = match st.nexuses.get_mut(NexusKey::of(req.nexus)) {
             Some(ns) => ns,
@@ -508,7 +513,13 @@ impl Disk {
                 .entry(NexusKey(req.nexus.clone()))
                 .or_insert_with(NexusState::new),
         };
-        self.merge_pr_uas(req.nexus, ns);
+        let conflicts = match &self.pr {
+            Some(pr) => {
+                let NexusState { ua, pr: cache, .. } = ns;
+                cache.refresh(pr.as_ref(), req.nexus, |s| ua.push(s))
+            }
+            None => Some(0),
+        };
         if !exempt {
             if let Some(ua) = ns.ua.pop() {
                 return Err(ua);
@@ -520,7 +531,7 @@ impl Disk {
             return Err(codes::OVERLAPPED_COMMANDS);
         }
         ns.tasks.insert(req.tag, false);
-        Ok(())
+        Ok(conflicts)
     }
 
     /// Unregister the command; returns whether it was aborted meanwhile.
@@ -550,8 +561,8 @@ impl Disk {
     }
 
     /// Execute the command; `since` is the abort epoch it entered the task
-    /// set at.
-    fn run(&self, ctx: &mut Ctx<'_, '_, '_>, since: u64) -> Res {
+    /// set at, `conflicts` the conflict mask `begin` found (if known).
+    fn run(&self, ctx: &mut Ctx<'_, '_, '_>, since: u64, conflicts: Option<u8>) -> Res {
         let info = ctx.cdb.info;
         let supported = match info.needs {
             Needs::Nothing => true,
@@ -565,7 +576,11 @@ impl Disk {
             .check_reserved()
             .map_err(|e| Fail::Check(e.sense().unwrap_or(codes::INVALID_FIELD_IN_CDB)))?;
         if let Some(pr) = &self.pr {
-            if pr.conflicts(ctx.nexus, info.access) {
+            let conflict = match conflicts {
+                Some(mask) => mask & info.access.bit() != 0,
+                None => pr.conflicts(ctx.nexus, info.access),
+            };
+            if conflict {
                 return Err(Fail::Status(Status::ReservationConflict));
             }
         }
@@ -712,9 +727,10 @@ impl LogicalUnit for Disk {
             self.check_resize();
         }
         let since = self.pr.as_ref().map_or(0, |pr| pr.abort_epoch());
-        if let Err(sense) = self.begin(req, exempt) {
-            return Ok(self.response(Status::CheckCondition, Some(sense), 0, 0));
-        }
+        let conflicts = match self.begin(req, exempt) {
+            Ok(c) => c,
+            Err(sense) => return Ok(self.response(Status::CheckCondition, Some(sense), 0, 0)),
+        };
         let cdb = match parsed {
             Ok(c) => c,
             Err(e) => {
@@ -742,7 +758,7 @@ impl LogicalUnit for Disk {
             in_place: None,
             ended: None,
         };
-        let result = self.run(&mut ctx, since);
+        let result = self.run(&mut ctx, since, conflicts);
         let (used, in_place, ended) = (ctx.out_used, ctx.in_place, ctx.ended);
         let aborted = ended.unwrap_or_else(|| self.end(req.nexus, req.tag))
             || self.preempted_since(req.nexus, since, cmd);

@@ -67,6 +67,70 @@ pub enum PrAccess {
     Scsi2,
 }
 
+impl PrAccess {
+    /// Every class, in [`PrAccess::bit`] order.
+    pub const ALL: [PrAccess; 5] = [
+        PrAccess::Allowed,
+        PrAccess::Read,
+        PrAccess::Write,
+        PrAccess::PrOut,
+        PrAccess::Scsi2,
+    ];
+
+    /// This class' bit in a conflict mask ([`NexusPrCache`]).
+    pub fn bit(self) -> u8 {
+        match self {
+            PrAccess::Allowed => 1,
+            PrAccess::Read => 2,
+            PrAccess::Write => 4,
+            PrAccess::PrOut => 8,
+            PrAccess::Scsi2 => 16,
+        }
+    }
+}
+
+/// What a logical unit remembers per I_T nexus so that, while the
+/// reservation state does not change ([`Reservations::state_version`]), a
+/// command makes no reservation call at all: the unit attentions were
+/// already taken and the conflict answers are known.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NexusPrCache {
+    /// The state version the answers were taken at.
+    version: Option<u64>,
+    /// Conflict mask ([`PrAccess::bit`]) at `version`.
+    conflicts: u8,
+}
+
+impl NexusPrCache {
+    /// At the start of a command of `nexus`: hand the unit attentions the
+    /// reservation state holds for it to `push` (oldest first), and return
+    /// the conflict mask ([`PrAccess::bit`]) valid for this command, or
+    /// `None` when `pr` has no version (ask [`Reservations::conflicts`]).
+    pub fn refresh(
+        &mut self,
+        pr: &dyn Reservations,
+        nexus: &ItNexus,
+        mut push: impl FnMut(Sense),
+    ) -> Option<u8> {
+        // Loaded before asking: answers are never older than the version
+        // they are kept under, so a change made meanwhile is seen next time.
+        let v = pr.state_version();
+        if v.is_some() && v == self.version {
+            return Some(self.conflicts);
+        }
+        for ua in pr.take_unit_attentions(nexus) {
+            push(ua);
+        }
+        let v = v?;
+        self.conflicts = PrAccess::ALL
+            .iter()
+            .filter(|&&a| pr.conflicts(nexus, a))
+            .fold(0, |m, &a| m | a.bit());
+        self.version = Some(v);
+        Some(self.conflicts)
+    }
+}
+
 /// The outcome of a reservation command: a status with optional sense
 /// (encoded by the caller in the initiator's sense format), and data-in bytes
 /// for PERSISTENT RESERVE IN.
@@ -139,6 +203,14 @@ pub trait Reservations: Send + Sync + std::fmt::Debug {
             outcome: self.reserve_out(nexus, cdb, params),
             abort: Vec::new(),
         }
+    }
+
+    /// A number that changes, in every process, whenever an answer of
+    /// [`Self::conflicts`] or [`Self::take_unit_attentions`] may change: a
+    /// logical unit may reuse the answers it got at the same number
+    /// ([`NexusPrCache`]). `None` (the default): ask every time.
+    fn state_version(&self) -> Option<u64> {
+        None
     }
 
     /// The abort epoch now ([`fence`]): a logical unit reads it when a

@@ -777,6 +777,11 @@ impl Reservations for SharedPr {
         Some(self.uuid)
     }
 
+    fn state_version(&self) -> Option<u64> {
+        // Every change of the state file stores a new version.
+        Some(self.version())
+    }
+
     fn abort_epoch(&self) -> u64 {
         self.counter.epoch().load(Ordering::SeqCst)
     }
