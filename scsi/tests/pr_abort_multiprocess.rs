@@ -18,6 +18,11 @@
 //! not complete until that write returned: when it completes, B's data is
 //! already in the file (never later), and B's WRITE answers TASK ABORTED.
 //!
+//! Scenario 3 (crash): B re-registers, its WRITE is held inside the backend
+//! again, and the peer is killed with SIGKILL. Its fence slot still counts
+//! the write, but the slot's OFD lock died with the process, so A's
+//! PREEMPT AND ABORT must complete without waiting out the 10 s limit.
+//!
 //! Finally the whole image is compared byte for byte.
 
 mod disk_common;
@@ -78,8 +83,8 @@ fn prout(sa: u8, ty: u8) -> [u8; 10] {
         0x5F, // PERSISTENT RESERVE OUT
         sa,   // SERVICE ACTION
         ty,   // SCOPE 0 (LU) | TYPE
-        0, 0, 0, 0, // reserved
-        0, 24, // PARAMETER LIST LENGTH (bytes 5..9: 0x00000018)
+        0, 0, // reserved
+        0, 0, 0, 24, // PARAMETER LIST LENGTH (bytes 5..8): 24
         0,  // CONTROL
     ]
 }
@@ -324,8 +329,21 @@ fn peer_process() {
         let wb = wb.join().unwrap();
         say(&format!("inflight-result {}", describe(&wb)));
     });
-    expect_command(&mut lines, "exit");
-    say("bye");
+    // Scenario 3: B registers again (key 0xB3), has a WRITE (LBA 24) held
+    // inside the backend's write call, and the parent kills this process.
+    expect_command(&mut lines, "crash");
+    // B first learns of the second preemption: UNIT ATTENTION 2A/05.
+    run(&t, &b, 0, &TUR, &[], 0).check(0x06, 0x2A, 0x05);
+    run(&t, &b, 0, &prout(REGISTER, 0), &params(0, 0xB3), 0).good();
+    backend.gate.arm();
+    std::thread::scope(|s| {
+        s.spawn(|| run(&t, &b, 0, &write10(24), &[0xB3; 512], 0));
+        backend.gate.wait_waiting(1);
+        say("held");
+        // Wait for SIGKILL (EOF only if the parent went away first).
+        let _ = lines.next();
+        std::process::exit(3);
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -499,12 +517,32 @@ fn two_processes_preempt_and_abort() {
         "the in-flight write was not over when PREEMPT AND ABORT completed"
     );
     assert_eq!(peer.hear(), "inflight-result 40");
-    peer.tell("exit");
-    assert_eq!(peer.hear(), "bye");
-    assert!(peer.child.wait().unwrap().success());
+
+    // Scenario 3: the peer dies (SIGKILL) while its write is in flight. Its
+    // fence slot still counts that write, but its OFD lock died with it: the
+    // PREEMPT AND ABORT must not wait for it (ABORT_WAIT is 10 s).
+    peer.tell("crash");
+    assert_eq!(peer.hear(), "held");
+    peer.child.kill().unwrap();
+    assert!(!peer.child.wait().unwrap().success());
+    let t0 = std::time::Instant::now();
+    let pa = run(
+        &t,
+        &a,
+        0,
+        &prout(PREEMPT_AND_ABORT, WE_RO),
+        &params(0xA, 0xB3),
+        0,
+    );
+    let took = t0.elapsed();
+    pa.good();
+    assert!(
+        took < Duration::from_secs(5),
+        "PREEMPT AND ABORT waited {took:?} for a dead process"
+    );
 
     // The image, byte for byte: only C's block 9 and B's in-flight block 16
-    // changed.
+    // changed (the killed peer's block 24 never got past the gate).
     let mut want = orig.clone();
     want[9 * 512..10 * 512].fill(0xC1);
     want[16 * 512..17 * 512].fill(0xB2);
