@@ -10,11 +10,12 @@
 //!    task set (a tag already outstanding: 0B/4E/00);
 //! 3. unsupported commands (UNMAP without discard, PR without a reservation
 //!    state) get 5/20/00; reserved CDB bits 5/24/00 with a field pointer;
-//! 4. [`Reservations::conflicts`] with the command's `PrAccess`: RESERVATION
-//!    CONFLICT, no sense; a WRITE-class command then passes the abort fence
-//!    ([`Reservations::enter_io`], held until its handler returns): TASK
-//!    ABORTED without touching the medium if a PREEMPT AND ABORT of any
-//!    process preempted its nexus since it entered the task set;
+//! 4. [`Reservations::conflicts`] with the command's `PrAccess` (answers
+//!    cached per nexus while the state version is unchanged): RESERVATION
+//!    CONFLICT, no sense; a command that changes the medium then passes the
+//!    abort fence ([`Reservations::enter_io`], held until its handler
+//!    returns): TASK ABORTED without touching the medium if a PREEMPT AND
+//!    ABORT of any process preempted its nexus since it entered the task set;
 //! 5. the handler runs; data-in is truncated once to ALLOCATION LENGTH and
 //!    the initiator's buffer; sense uses descriptor format when D_SENSE is
 //!    set in the control mode page;
@@ -39,7 +40,7 @@ use crate::cdb::{self, Cdb, Cmd, Needs, ParseError, UaRule};
 use crate::datain::{complete_data_in, read_data_out_into};
 use crate::emulated::LogicalUnit;
 use crate::nexus::{ItNexus, PortName};
-use crate::pr::{NexusPrCache, PrAccess, PrOutcome, Reservations};
+use crate::pr::{NexusPrCache, PrOutcome, Reservations};
 use crate::sense::{codes, Sense, Status};
 use crate::target::{DataIn, DataOut, Request, Response, TaskMgmt, TmfResponse, TransportError};
 use crate::unit_attention::UaQueue;
@@ -586,7 +587,7 @@ impl Disk {
         }
         // Held until the handler returned: a PREEMPT AND ABORT waits for it.
         let _pass = match &self.pr {
-            Some(pr) if info.access == PrAccess::Write => Some(
+            Some(pr) if changes_medium(info.cmd) => Some(
                 pr.enter_io(ctx.nexus, since)
                     .ok_or(Fail::Status(Status::TaskAborted))?,
             ),
@@ -699,6 +700,28 @@ impl Disk {
         self.mode.wce.store(self.cfg.write_cache, Ordering::Relaxed);
         self.mode.d_sense.store(false, Ordering::Relaxed);
     }
+}
+
+/// Whether `cmd` changes the logical blocks: those commands pass the abort
+/// fence (`crate::pr::fence`). Other WRITE-class commands (MODE SELECT,
+/// WRITE BUFFER, SYNCHRONIZE CACHE, ...) change no data and may take the
+/// LU's state lock while running, which a command waiting for the fence's
+/// update lock can hold; they are only answered TASK ABORTED at completion.
+fn changes_medium(cmd: Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Write6
+            | Cmd::Write10
+            | Cmd::Write12
+            | Cmd::Write16
+            | Cmd::WriteAndVerify10
+            | Cmd::WriteAndVerify16
+            | Cmd::WriteSame10
+            | Cmd::WriteSame16
+            | Cmd::Unmap
+            | Cmd::CompareAndWrite
+            | Cmd::FormatUnit
+    )
 }
 
 impl LogicalUnit for Disk {

@@ -11,10 +11,10 @@
 //! * **In-flight counters**: two counters per process (a slot in the
 //!   shared page, owned through an OFD lock on its bytes, so a dead process'
 //!   slot is recognised), one per parity of the epoch.
-//! * A command that may change the medium or the device state
-//!   ([`super::PrAccess::Write`]) gets an [`IoPass`] before it starts
-//!   ([`super::Reservations::enter_io`]), and keeps it until its handler
-//!   returned: *in flight* means exactly that, between passing the fence and
+//! * A command that changes the logical blocks (WRITE, WRITE AND VERIFY,
+//!   WRITE SAME, UNMAP, COMPARE AND WRITE, FORMAT UNIT) gets an [`IoPass`]
+//!   before it starts ([`super::Reservations::enter_io`]), and keeps it
+//!   until its handler returned: *in flight* means exactly that, between passing the fence and
 //!   the end of its synchronous I/O (a `pwrite` the kernel is executing
 //!   cannot be taken back, so the fence never pretends to cancel one).
 //!   Entering: load the epoch `e`; if it moved past `since` and the log says
@@ -27,7 +27,7 @@
 //!
 //! # The guarantee
 //! When a PREEMPT AND ABORT completes (its PERSISTENT RESERVE OUT status is
-//! returned), no WRITE-class command of a preempted I_T nexus that was
+//! returned), no medium-changing command of a preempted I_T nexus that was
 //! outstanding when it was issued — in this process or any other process
 //! that has the disk open — will still change the medium: either it had
 //! already passed the fence, and the PREEMPT AND ABORT waited until its I/O
@@ -37,8 +37,15 @@
 //! increment.) Commands of preempted nexuses that complete after the
 //! PREEMPT AND ABORT was published answer TASK ABORTED instead of their
 //! status, whether or not they executed (SPC-4 allows a command that already
-//! ran to complete; its effect is not undone). Reads are not fenced: a READ
-//! already executing may transfer data, then answers TASK ABORTED.
+//! ran to complete; its effect is not undone). Reads and commands that change
+//! no logical block (MODE SELECT, WRITE BUFFER, SYNCHRONIZE CACHE, ...) are
+//! not fenced: one already executing finishes, then answers TASK ABORTED.
+//! (Those may take the logical unit's state lock, which a command waiting
+//! for the update lock can hold while the abort waits: fencing them could
+//! stall the abort for [`ABORT_WAIT`].)
+//!
+//! The wait happens under the update lock: while it lasts (one write's
+//! duration), other PR updates of the disk, in every process, wait too.
 //!
 //! Limits: the wait gives up after [`ABORT_WAIT`] (a process stopped with
 //! SIGSTOP in the middle of a write, or a backend stuck in I/O): the

@@ -29,7 +29,7 @@
 //!   process (this one included) are stopped by the abort fence ([`fence`]):
 //!   a logical unit takes [`Reservations::abort_epoch`] when a command enters
 //!   its task set, holds a [`Reservations::enter_io`] pass around every
-//!   WRITE-class command, and asks [`Reservations::aborted_since`] when a
+//!   command that changes the medium, and asks [`Reservations::aborted_since`] when a
 //!   command completes. [`fence`] states the guarantee exactly.
 
 pub mod fence;
@@ -220,10 +220,11 @@ pub trait Reservations: Send + Sync + std::fmt::Debug {
         0
     }
 
-    /// Before a WRITE-class command of `nexus` (which entered the task set at
-    /// abort epoch `since`) touches the medium: `None` if a PREEMPT AND ABORT
-    /// preempted the nexus since then (the command must end with TASK ABORTED
-    /// and change nothing), else a pass to hold until its I/O is over.
+    /// Before a command of `nexus` that changes the medium (it entered the
+    /// task set at abort epoch `since`) touches it: `None` if a PREEMPT AND
+    /// ABORT preempted the nexus since then (the command must end with TASK
+    /// ABORTED and change nothing), else a pass to hold until its I/O is
+    /// over.
     fn enter_io(&self, _nexus: &ItNexus, _since: u64) -> Option<IoPass<'_>> {
         Some(IoPass::unfenced())
     }
