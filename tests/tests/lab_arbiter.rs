@@ -724,3 +724,92 @@ fn lab_compare_arbiter_with_qemu_ovmf_time_to_shell() {
         ap / qp.max(1e-9)
     );
 }
+
+/// Issue 7, "a way to see the screen": OVMF with `--display png=...`
+/// reaches the UEFI shell; its graphics driver (QemuRamfbDxe) set up the
+/// ramfb framebuffer through fw_cfg and drew the firmware's console there.
+/// The last picture (written when the VM is stopped) comes back from the lab
+/// host gzip'd and base64'd on the console; here it is decoded and must
+/// show a real screen: not one colour, mostly dark background, some text.
+#[test]
+fn lab_arbiter_ovmf_screen_to_png() {
+    const TEST: &str = "lab_arbiter_ovmf_screen_to_png";
+    let scenario = Scenario::new("arbiter_ovmf_screen")
+        .vm(Vm::arbiter("ovmf-screen")
+            .args([
+                "--memory",
+                "256M",
+                "--display",
+                "png={tmp}/screen.png,interval=500",
+            ])
+            .ovmf()
+            .expect_exit(None)
+            .expect_serial("Shell>")
+            .timeout(Duration::from_secs(300)))
+        .host(
+            "screen-png",
+            "ls -l \"$LAB_TMP/screen.png\" >&2\n\
+             echo @@PNG-BEGIN\n\
+             gzip -c \"$LAB_TMP/screen.png\" | base64\n\
+             echo @@PNG-END",
+        );
+    let Some(report) = run(TEST, &scenario) else {
+        return;
+    };
+    report.assert_passed();
+    let log = report.log.display();
+    let out = &report.vm("screen-png").output;
+    let b64: String = out
+        .iter()
+        .skip_while(|l| l.as_str() != "@@PNG-BEGIN")
+        .skip(1)
+        .take_while(|l| l.as_str() != "@@PNG-END")
+        .map(|l| l.trim().to_owned() + "\n")
+        .collect();
+    assert!(!b64.is_empty(), "no PNG came back: {out:?} (log: {log})");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b64_path = dir.path().join("screen.png.gz.b64");
+    let png_path = dir.path().join("screen.png");
+    std::fs::write(&b64_path, b64).expect("write");
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("base64 -d \"$1\" | gunzip -c >\"$2\"")
+        .arg("sh")
+        .arg(&b64_path)
+        .arg(&png_path)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "base64/gunzip of the PNG failed (log: {log})");
+    let file = std::fs::File::open(&png_path).expect("png");
+    let mut reader = png::Decoder::new(file).read_info().expect("PNG header");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("PNG data");
+    buf.truncate(info.buffer_size());
+    let (w, h) = (info.width, info.height);
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    assert!(w >= 640 && h >= 480, "{w}x{h} (log: {log})");
+    let pixels: Vec<[u8; 3]> = buf.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for p in &pixels {
+        *counts.entry(*p).or_insert(0usize) += 1;
+    }
+    let (background, most) = counts
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(c, n)| (*c, *n))
+        .unwrap_or_default();
+    let lit = pixels.len() - most;
+    eprintln!(
+        "SCREEN {w}x{h}: {} colours, background {background:02x?} on {:.1}% of the pixels, \
+         {lit} other pixels",
+        counts.len(),
+        100.0 * most as f64 / pixels.len() as f64
+    );
+    assert!(counts.len() >= 2, "the screen is one colour (log: {log})");
+    // Text on a console: a visible share of pixels differs from the background.
+    assert!(
+        lit >= 1000 && lit < pixels.len() / 2,
+        "{lit} non-background pixels of {} (log: {log})",
+        pixels.len()
+    );
+}

@@ -89,8 +89,9 @@ pub struct RunArgs {
     /// framebuffer to PATH as a PNG picture, every MS milliseconds (default
     /// 1000) when it changed and once more when the VM stops (open PATH in
     /// any image viewer). The framebuffer is QEMU's "ramfb" that OVMF's
-    /// graphics driver sets up through fw_cfg (etc/ramfb): firmware screens,
-    /// boot loaders and Windows Setup (basic display driver) draw there.
+    /// graphics driver sets up through fw_cfg (etc/ramfb): firmware screens
+    /// and boot loaders draw there, and an OS as long as it keeps using the
+    /// firmware's framebuffer (GOP). Without a framebuffer, no file is written.
     #[arg(long, value_name = "png=PATH[,interval=MS]")]
     pub display: Option<String>,
 
