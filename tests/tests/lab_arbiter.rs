@@ -395,7 +395,8 @@ fn lab_two_arbiter_vms_on_two_lio_ports_of_one_real_lun() {
 /// page, IPI and TLB flush hypercalls, SynIC and a direct-mode synthetic
 /// timer; then the Debian guest boots with `--cpus 2,hyperv=on` to init
 /// with both CPUs and no panic. Linux ranks hypervisors by CPUID base, so
-/// with KVM's leaves at 0x40000100 it picks KVM (kvm-clock) over Hyper-V.
+/// with KVM's leaves at 0x40000100 it picks KVM (kvm-clock) over Hyper-V;
+/// with `kvm=off` it boots as a Hyper-V guest and uses the enlightenments.
 #[test]
 fn lab_arbiter_hyperv_enlightenments() {
     let scenario = Scenario::new("arbiter_hyperv")
@@ -413,6 +414,11 @@ fn lab_arbiter_hyperv_enlightenments() {
             .timeout(Duration::from_secs(120)))
         .vm(Vm::arbiter("linux")
             .args(["--memory", "256M", "--cpus", "2,hyperv=on"])
+            .linux("boot,hyperv")
+            .expect_exit(None)
+            .timeout(Duration::from_secs(300)))
+        .vm(Vm::arbiter("linuxhv")
+            .args(["--memory", "256M", "--cpus", "2,hyperv=on,kvm=off"])
             .linux("boot,hyperv")
             .expect_exit(None)
             .timeout(Duration::from_secs(300)));
@@ -465,6 +471,48 @@ fn lab_arbiter_hyperv_enlightenments() {
         Some("KVM"),
         "log: {log}"
     );
+    assert!(
+        !vm.output
+            .iter()
+            .any(|l| l.contains("Kernel panic") || l.contains("BUG:")),
+        "log: {log}"
+    );
+    // kvm=off: Linux finds only Hyper-V and uses it: TSC page clock
+    // source, TLB flush and IPI hypercalls, enlightened APIC.
+    let vm = report.vm("linuxhv");
+    assert_checks(&report, vm, &["modules", "boot", "hyperv"]);
+    for l in vm
+        .output
+        .iter()
+        .filter(|l| l.contains("Hyper-V") || l.contains("Hypervisor") || l.contains("clocksource"))
+    {
+        eprintln!("linuxhv| {l}");
+    }
+    assert_eq!(field(vm, "boot", "cpus"), 2.0, "log: {log}");
+    let hv = vm
+        .result("hyperv")
+        .map(|r| r.fields.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        hv.get("detected").map(String::as_str),
+        Some("Microsoft_Hyper-V"),
+        "log: {log}"
+    );
+    assert!(
+        hv.get("clocksource")
+            .is_some_and(|c| c.starts_with("hyperv_clocksource")),
+        "{hv:?} (log: {log})"
+    );
+    for want in [
+        "Hyper-V: Using hypercall for remote TLB flush",
+        "Hyper-V: Using IPI hypercalls",
+        "Hyper-V: Using enlightened APIC",
+    ] {
+        assert!(
+            vm.output.iter().any(|l| l.contains(want)),
+            "linuxhv: no {want:?} (log: {log})"
+        );
+    }
     assert!(
         !vm.output
             .iter()
