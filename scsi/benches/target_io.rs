@@ -1,8 +1,11 @@
 //! 4 KiB random reads and writes through the SCSI target (READ(10)/WRITE(10)
 //! on an `EmulatedTarget` over a `FileBackend`) against plain `pread`/`pwrite`
 //! on the same page-cached file, at queue depth 1 and 32 (32 threads issuing
-//! concurrently). After the criterion groups, `cargo bench` prints the
-//! throughput ratio target / plain for each case (goal: ≥ 0.9).
+//! concurrently), both reading into (writing from) the same buffers at the
+//! same offsets. After the criterion groups, `cargo bench` prints the
+//! throughput ratio target / plain for each case (goal: ≥ 0.9), measured in
+//! interleaved rounds (see `ratios`); `cargo bench -p scsi --bench target_io
+//! -- ratios_only` skips the criterion groups.
 
 use std::fs::File;
 use std::hint::black_box;
@@ -26,7 +29,33 @@ const SLOTS: u64 = FILE_SIZE / IO as u64;
 struct Fixture {
     _dir: tempfile::TempDir,
     file: File,
-    target: EmulatedTarget,
+    /// As a transport holds it (virtio-scsi: `Arc<dyn ScsiTarget>`).
+    target: Box<dyn ScsiTarget>,
+}
+
+/// A disk called directly as the target (no `EmulatedTarget` dispatch):
+/// separates the LUN dispatch from the logical unit's own cost.
+#[derive(Debug)]
+struct LuAlone(Arc<Disk>);
+
+impl ScsiTarget for LuAlone {
+    fn execute(
+        &self,
+        req: &Request<'_>,
+        data_out: DataOut<'_>,
+        data_in: DataIn<'_>,
+    ) -> Result<scsi::Response, scsi::TransportError> {
+        scsi::LogicalUnit::execute(&*self.0, req, data_out, data_in)
+    }
+    fn task_mgmt(&self, n: &ItNexus, _: scsi::Lun, t: scsi::TaskMgmt) -> scsi::TmfResponse {
+        scsi::LogicalUnit::task_mgmt(&*self.0, n, t)
+    }
+    fn has_lun(&self, lun: scsi::Lun) -> bool {
+        lun == 0
+    }
+    fn pending_unit_attention(&self, n: &ItNexus, _: scsi::Lun) -> Option<scsi::Sense> {
+        scsi::LogicalUnit::pending_unit_attention(&*self.0, n)
+    }
 }
 
 fn fixture() -> Fixture {
@@ -56,7 +85,7 @@ fn fixture() -> Fixture {
     Fixture {
         _dir: dir,
         file,
-        target,
+        target: Box::new(target),
     }
 }
 
@@ -214,31 +243,65 @@ fn bench(c: &mut Criterion, fx: &Fixture) {
     }
 }
 
-/// Throughput of both paths measured in alternating short rounds (so load
-/// from other processes hits both alike); prints the median per-round ratio.
+/// CPU time of the whole process (all worker threads, user + system).
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    Duration::new(
+        u64::try_from(ts.tv_sec).expect("sec"),
+        u32::try_from(ts.tv_nsec).expect("nsec"),
+    )
+}
+
+/// One timed run: (wall-clock IOPS, IOPS per CPU-second).
+fn rates(fx: &Fixture, op: Op, path: Path, qd: u64, ops: u64) -> (f64, f64) {
+    let cpu = process_cpu();
+    let wall = run(fx, op, path, qd, ops);
+    let cpu = process_cpu() - cpu;
+    let n = ops as f64;
+    (n / wall.as_secs_f64(), n / cpu.as_secs_f64())
+}
+
+fn median_and_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// Both paths measured in alternating short rounds (so load from other
+/// processes hits both alike; which path goes first alternates too), with
+/// the same offsets, buffers and thread count on both. Prints, per case,
+/// the median over the rounds of the throughput ratio target / plain with
+/// its range, by wall-clock time and by CPU time (CPU time leaves out the
+/// time other processes held the CPUs: steadier on a shared machine).
 fn ratios(fx: &Fixture) {
     println!("\ntarget_io: throughput ratio target / plain pread-pwrite (goal >= 0.9)");
     for (op, name) in [(Op::Read, "read"), (Op::Write, "write")] {
         for qd in [1u64, 32] {
             let ops = if op == Op::Read { 40_000u64 } else { 10_000 };
-            let iops = |d: Duration| ops as f64 / d.as_secs_f64();
-            let mut rounds: Vec<(f64, f64)> = (0..15)
+            let rounds: Vec<((f64, f64), (f64, f64))> = (0..15)
                 .map(|i| {
-                    // Alternate which path goes first.
                     if i % 2 == 0 {
-                        let t = iops(run(fx, op, Path::Target, qd, ops));
-                        (t, iops(run(fx, op, Path::Plain, qd, ops)))
+                        let t = rates(fx, op, Path::Target, qd, ops);
+                        (t, rates(fx, op, Path::Plain, qd, ops))
                     } else {
-                        let p = iops(run(fx, op, Path::Plain, qd, ops));
-                        (iops(run(fx, op, Path::Target, qd, ops)), p)
+                        let p = rates(fx, op, Path::Plain, qd, ops);
+                        (rates(fx, op, Path::Target, qd, ops), p)
                     }
                 })
                 .collect();
-            rounds.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
-            let (t, p) = rounds[rounds.len() / 2];
+            let (t, _, _) = median_and_spread(rounds.iter().map(|r| r.0 .0).collect());
+            let (p, _, _) = median_and_spread(rounds.iter().map(|r| r.1 .0).collect());
+            let wall = median_and_spread(rounds.iter().map(|r| r.0 .0 / r.1 .0).collect());
+            let cpu = median_and_spread(rounds.iter().map(|r| r.0 .1 / r.1 .1).collect());
             println!(
-                "  4k random {name:5} QD{qd:<2}: target {t:>10.0} IOPS, plain {p:>10.0} IOPS, median ratio {:.3}",
-                t / p
+                "  4k random {name:5} QD{qd:<2}: target {t:>9.0} IOPS, plain {p:>9.0} IOPS; \
+                 ratio by wall time {:.3} ({:.3}..{:.3}), by CPU time {:.3} ({:.3}..{:.3})",
+                wall.0, wall.1, wall.2, cpu.0, cpu.1, cpu.2
             );
         }
     }
@@ -280,25 +343,34 @@ impl scsi::BlockBackend for NullBackend {
 /// Per-command cost of the target itself (CDB parse, unit attention and
 /// task bookkeeping, data copy) over a backend that does nothing.
 fn overhead(c: &mut Criterion, fx: &Fixture) {
-    let disk = Disk::new(
-        DiskConfig::new(DiskIdentity::from_text("null")),
-        Arc::new(NullBackend),
-        None,
-    )
-    .expect("disk");
+    let disk = || {
+        let d = Disk::new(
+            DiskConfig::new(DiskIdentity::from_text("null")),
+            Arc::new(NullBackend),
+            None,
+        );
+        Arc::new(d.expect("disk"))
+    };
     let null = Fixture {
         _dir: tempfile::tempdir().expect("tempdir"),
         file: fx.file.try_clone().expect("clone"),
-        target: EmulatedTarget::new()
-            .with_lun(0, Arc::new(disk))
-            .expect("lun"),
+        target: Box::new(EmulatedTarget::new().with_lun(0, disk()).expect("lun")),
+    };
+    let lu_alone = Fixture {
+        _dir: tempfile::tempdir().expect("tempdir"),
+        file: fx.file.try_clone().expect("clone"),
+        target: Box::new(LuAlone(disk())),
     };
     prime(&null);
+    prime(&lu_alone);
     let mut g = c.benchmark_group("target_overhead_null_backend");
     g.throughput(Throughput::Elements(1));
     for (op, name) in [(Op::Read, "read_4k_qd1"), (Op::Write, "write_4k_qd1")] {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| run(&null, op, Path::Target, 1, iters))
+        });
+        g.bench_function(format!("{name}_disk_without_target"), |b| {
+            b.iter_custom(|iters| run(&lu_alone, op, Path::Target, 1, iters))
         });
     }
     g.finish();
