@@ -14,9 +14,10 @@
 //! * A command that changes the logical blocks (WRITE, WRITE AND VERIFY,
 //!   WRITE SAME, UNMAP, COMPARE AND WRITE, FORMAT UNIT) gets an [`IoPass`]
 //!   before it starts ([`super::Reservations::enter_io`]), and keeps it
-//!   until its handler returned: *in flight* means exactly that, between passing the fence and
-//!   the end of its synchronous I/O (a `pwrite` the kernel is executing
-//!   cannot be taken back, so the fence never pretends to cancel one).
+//!   until its handler returned: *in flight* means exactly that, between
+//!   passing the fence and the end of its synchronous I/O (a `pwrite` the
+//!   kernel is executing cannot be taken back, so the fence never pretends
+//!   to cancel one).
 //!   Entering: load the epoch `e`; if it moved past `since` and the log says
 //!   the nexus was preempted since, the command is aborted and touches
 //!   nothing; otherwise increment the counter of parity `e`, load the epoch

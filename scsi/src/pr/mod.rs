@@ -29,8 +29,10 @@
 //!   process (this one included) are stopped by the abort fence ([`fence`]):
 //!   a logical unit takes [`Reservations::abort_epoch`] when a command enters
 //!   its task set, holds a [`Reservations::enter_io`] pass around every
-//!   command that changes the medium, and asks [`Reservations::aborted_since`] when a
-//!   command completes. [`fence`] states the guarantee exactly.
+//!   command that changes the medium, and asks
+//!   [`Reservations::aborted_since`] when a command completes. [`fence`]
+//!   states the guarantee exactly. (`crate::disk` does all three; the SG_IO
+//!   passthrough logical unit with emulated PR does not take passes yet.)
 
 pub mod fence;
 pub mod shared;
