@@ -145,75 +145,67 @@ pub struct ChainReader<'a>(Cursor<'a>);
 /// iovecs kept inline when lending chain memory in place.
 const INLINE_IOV: usize = 8;
 
-/// Raw `(pointer, length)` pieces of guest memory lent to a backend.
-struct Pieces {
-    inline: [(*mut u8, usize); INLINE_IOV],
-    n: usize,
-    spill: Vec<(*mut u8, usize)>,
-}
-
-impl Pieces {
-    /// The next `len` bytes under `cursor` (which moves past them).
-    fn take(cursor: &mut Cursor<'_>, len: usize) -> Self {
-        let mut p = Pieces {
-            inline: [(std::ptr::null_mut(), 0); INLINE_IOV],
-            n: 0,
-            spill: Vec::new(),
-        };
-        cursor.step(len, |s, _| {
-            // The guard of a plain mmap region is the pointer itself.
-            let piece = (s.ptr_guard_mut().as_ptr(), s.len());
-            if p.n < INLINE_IOV {
-                p.inline[p.n] = piece;
-            } else {
-                p.spill.push(piece);
-            }
-            p.n += 1;
-        });
-        p
-    }
-
-    fn all(&self) -> impl Iterator<Item = (*mut u8, usize)> + '_ {
-        self.inline[..self.n.min(INLINE_IOV)]
-            .iter()
-            .chain(self.spill.iter())
-            .copied()
-    }
-
-    /// Run `f` over the pieces, each made a byte slice and wrapped by
-    /// `make` (into an `IoSliceMut` or an `IoSlice`).
-    ///
-    /// # Safety
-    /// Every piece must be guest memory that stays mapped for the call (the
-    /// pieces come from [`VolatileSlice`]s of the chain's `GuestMemory`,
-    /// borrowed for the chain's lifetime), and no two pieces overlap.
-    unsafe fn with_slices<'s, T, R>(
-        &self,
-        make: impl Fn(&'s mut [u8]) -> T,
-        f: impl FnOnce(&mut [T]) -> R,
-    ) -> R {
-        let mut inline: [T; INLINE_IOV] = std::array::from_fn(|_| make(&mut []));
-        let mut spill = Vec::new();
-        for (i, (ptr, len)) in self.all().enumerate() {
-            // SAFETY: per this function's contract the piece is mapped guest
-            // memory of `len` bytes for the duration of the call, disjoint
-            // from the others. The guest may access it concurrently, as with
-            // any device DMA; the bytes have no validity invariant, and no
-            // reference to them outlives the call.
-            let s = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-            if i < INLINE_IOV {
-                inline[i] = make(s);
-            } else {
-                spill.push(make(s));
-            }
-        }
-        if self.n <= INLINE_IOV {
-            f(&mut inline[..self.n])
+/// Lend the next `len` bytes under `cursor` (which moves past them) to `f`,
+/// as byte slices each wrapped by `make` (into an `IoSliceMut` or an
+/// `IoSlice`); up to [`INLINE_IOV`] of them without allocating. Returns
+/// `None` without calling `f` when two of the pieces overlap (a guest may
+/// point two descriptors at the same memory; Rust slices must not alias):
+/// the caller then goes through a bounce buffer.
+///
+/// # Safety
+/// The cursor's slices must be guest memory that stays mapped for the call
+/// (they are [`VolatileSlice`]s of the chain's `GuestMemory`, borrowed for
+/// the chain's lifetime).
+unsafe fn lend<'s, T, R>(
+    cursor: &mut Cursor<'_>,
+    len: usize,
+    make: impl Fn(&'s mut [u8]) -> T,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> Option<R> {
+    let mut raw = [(std::ptr::null_mut::<u8>(), 0usize); INLINE_IOV];
+    let mut raw_spill = Vec::new();
+    let mut n = 0;
+    cursor.step(len, |s, _| {
+        // The guard of a plain mmap region is the pointer itself.
+        let piece = (s.ptr_guard_mut().as_ptr(), s.len());
+        if n < INLINE_IOV {
+            raw[n] = piece;
         } else {
-            spill.splice(0..0, inline);
-            f(&mut spill)
+            raw_spill.push(piece);
+        }
+        n += 1;
+    });
+    let pieces = || raw[..n.min(INLINE_IOV)].iter().chain(raw_spill.iter());
+    // Usually one piece; a few comparisons otherwise.
+    for (i, &(a, al)) in pieces().enumerate() {
+        for &(b, bl) in pieces().skip(i + 1) {
+            let (a0, b0) = (a as usize, b as usize);
+            if a0 < b0 + bl && b0 < a0 + al {
+                return None;
+            }
         }
     }
+    let mut inline: [T; INLINE_IOV] = std::array::from_fn(|_| make(&mut []));
+    let mut spill = Vec::new();
+    for (i, &(ptr, l)) in pieces().enumerate() {
+        // SAFETY: per this function's contract the piece is mapped guest
+        // memory of `l` bytes for the duration of the call, and it overlaps
+        // no other piece (checked above). The guest may access it
+        // concurrently, as with any device DMA; the bytes have no validity
+        // invariant, and no reference to them outlives the call.
+        let piece = make(unsafe { std::slice::from_raw_parts_mut(ptr, l) });
+        if i < INLINE_IOV {
+            inline[i] = piece;
+        } else {
+            spill.push(piece);
+        }
+    }
+    Some(if n <= INLINE_IOV {
+        f(&mut inline[..n])
+    } else {
+        spill.splice(0..0, inline);
+        f(&mut spill)
+    })
 }
 
 /// A saved [`ChainWriter`] position.
@@ -311,11 +303,16 @@ impl DataInSink for ChainWriter<'_> {
             ));
         }
         let start = self.position();
-        let pieces = Pieces::take(&mut self.0, len);
-        // SAFETY: the pieces are subslices of this writer's VolatileSlices,
-        // which borrow the guest memory for 'a (alive across the call), and
-        // split_chain resolved each descriptor to disjoint slices.
-        let r = unsafe { pieces.with_slices(IoSliceMut::new, |bufs| fill(bufs)) };
+        // SAFETY: the writer's VolatileSlices borrow the guest memory for 'a,
+        // alive across the call.
+        let lent = unsafe { lend(&mut self.0, len, IoSliceMut::new, |bufs| fill(bufs)) };
+        let r = lent.unwrap_or_else(|| {
+            // Overlapping buffers: fill a bounce buffer, then copy.
+            self.seek(start);
+            let mut buf = vec![0u8; len];
+            fill(&mut [IoSliceMut::new(&mut buf)])?;
+            self.write_all(&buf)
+        });
         if r.is_err() {
             self.seek(start);
         }
@@ -333,10 +330,16 @@ impl DataOutSource for ChainReader<'_> {
             ));
         }
         let start = (self.0.idx, self.0.off, self.0.done);
-        let pieces = Pieces::take(&mut self.0, len);
         // SAFETY: as for ChainWriter::write_in_place; the slices are only
         // read through.
-        let r = unsafe { pieces.with_slices(|s| IoSlice::new(s), |bufs| drain(bufs)) };
+        let lent = unsafe { lend(&mut self.0, len, |s| IoSlice::new(s), |bufs| drain(bufs)) };
+        let r = lent.unwrap_or_else(|| {
+            // Overlapping buffers: copy them out first.
+            (self.0.idx, self.0.off, self.0.done) = start;
+            let mut buf = vec![0u8; len];
+            self.read_exact(&mut buf)?;
+            drain(&[IoSlice::new(&buf)])
+        });
         if r.is_err() {
             (self.0.idx, self.0.off, self.0.done) = start;
         }
@@ -603,6 +606,44 @@ mod tests {
         let mut want: Vec<u8> = (0..31).collect();
         want.extend([0, 0]);
         assert_eq!(got, want);
+    }
+
+    /// A guest may point two descriptors at the same bytes: they are then
+    /// not lent as (aliasing) slices but go through a bounce buffer, with
+    /// the same result as writing / reading them in order.
+    #[test]
+    fn overlapping_buffers_go_through_a_bounce_buffer() {
+        let m = mem();
+        m.write_slice(&[1, 2, 3, 4, 5, 6], GuestAddress(0x500))
+            .unwrap();
+        let descs = [
+            (0x500, 4, 0),
+            (0x502, 4, 0), // overlaps the first
+            (0x600, 4, W),
+            (0x602, 4, W), // overlaps the previous one
+        ];
+        with_chain(&m, &descs, |r| {
+            let (mut rd, mut wr) = r.unwrap();
+            let mut seen = Vec::new();
+            rd.read_in_place(8, &mut |bufs| {
+                assert_eq!(bufs.len(), 1, "one bounce buffer");
+                seen.extend_from_slice(&bufs[0]);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, [1, 2, 3, 4, 3, 4, 5, 6]);
+            assert_eq!(rd.available_bytes(), 0);
+            wr.write_in_place(8, &mut |bufs| {
+                assert_eq!(bufs.len(), 1, "one bounce buffer");
+                bufs[0].copy_from_slice(&[10, 11, 12, 13, 14, 15, 16, 17]);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(wr.bytes_written(), 8);
+        });
+        let mut got = [0u8; 6];
+        m.read_slice(&mut got, GuestAddress(0x600)).unwrap();
+        assert_eq!(got, [10, 11, 14, 15, 16, 17]);
     }
 
     #[test]
