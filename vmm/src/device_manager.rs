@@ -106,7 +106,8 @@ impl DeviceManager {
         let serial = shared(Serial::new(interrupts.line(serial::COM1_IRQ)?, serial_out));
         pio.insert(serial.clone(), serial::COM1_PORT, 8)?;
         pio.insert(cmos, cmos::CMOS_PORT, 2)?;
-        pio.insert(shared(I8042::new(exit.clone())), i8042::I8042_DATA, 5)?;
+        let kbd = I8042::new(exit.clone()).with_irq(interrupts.line(i8042::KBD_IRQ)?);
+        pio.insert(shared(kbd), i8042::I8042_DATA, 5)?;
         pio.insert(shared(Port92::new(exit.clone())), port92::PORT92, 1)?;
         pio.insert(
             shared(DebugExit::new(exit.clone())),
