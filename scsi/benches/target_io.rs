@@ -282,7 +282,8 @@ fn ratios(fx: &Fixture) {
     println!("\ntarget_io: throughput ratio target / plain pread-pwrite (goal >= 0.9)");
     for (op, name) in [(Op::Read, "read"), (Op::Write, "write")] {
         for qd in [1u64, 32] {
-            let ops = if op == Op::Read { 40_000u64 } else { 10_000 };
+            // Rounds of about 0.1 s per side.
+            let ops = if op == Op::Read { 200_000u64 } else { 20_000 };
             let rounds: Vec<((f64, f64), (f64, f64))> = (0..15)
                 .map(|i| {
                     if i % 2 == 0 {
