@@ -579,6 +579,78 @@ mod tests {
         assert_eq!(v, [0u8; 512]);
     }
 
+    /// Reservations that report the nexus preempted (PREEMPT AND ABORT in
+    /// another process) while `preempted` is set.
+    #[derive(Debug, Default)]
+    struct PreemptedPr {
+        inner: crate::pr::MemoryPr,
+        preempted: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::pr::Reservations for PreemptedPr {
+        fn conflicts(&self, _: &ItNexus, _: crate::pr::PrAccess) -> bool {
+            false
+        }
+        fn reserve_out(&self, n: &ItNexus, cdb: &[u8], p: &[u8]) -> crate::pr::PrOutcome {
+            self.inner.reserve_out(n, cdb, p)
+        }
+        fn aborted_since(&self, _: &ItNexus, _: u64) -> bool {
+            self.preempted.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn reserve_in(&self, n: &ItNexus, cdb: &[u8]) -> crate::pr::PrOutcome {
+            self.inner.reserve_in(n, cdb)
+        }
+        fn scsi2_reserve(&self, n: &ItNexus) -> crate::pr::PrOutcome {
+            self.inner.scsi2_reserve(n)
+        }
+        fn scsi2_release(&self, n: &ItNexus) -> crate::pr::PrOutcome {
+            self.inner.scsi2_release(n)
+        }
+        fn take_unit_attentions(&self, n: &ItNexus) -> Vec<crate::sense::Sense> {
+            self.inner.take_unit_attentions(n)
+        }
+        fn lu_reset(&self) {
+            self.inner.lu_reset()
+        }
+        fn nexus_loss(&self, n: &ItNexus) {
+            self.inner.nexus_loss(n)
+        }
+    }
+
+    /// A READ whose nexus was preempted by another process while it ran
+    /// ends TASK ABORTED, and its data (read in place) does not count.
+    #[test]
+    fn read_preempted_elsewhere_transfers_nothing() {
+        let pr = Arc::new(PreemptedPr::default());
+        let data = (0..4096u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let disk = Disk::new(
+            DiskConfig::new(DiskIdentity::from_text("p")),
+            Arc::new(MemBackend::from_vec(data)),
+            Some(pr.clone()),
+        )
+        .unwrap();
+        let t = EmulatedTarget::new().with_lun(0, Arc::new(disk)).unwrap();
+        let tur = [0u8; 6]; // TEST UNIT READY: consumes the power-on UA
+        assert_eq!(
+            exec(&t, &tur, &mut Vec::new(), 0).status,
+            Status::CheckCondition
+        );
+        pr.preempted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut v = vec![0xEE];
+        let r = exec(&t, &READ_2_AT_1, &mut v, 1024);
+        assert_eq!((r.status, r.data_in_len), (Status::TaskAborted, 0));
+        assert!(r.sense.is_empty());
+        assert_eq!(v, [0xEE], "no data-in for an aborted command");
+        pr.preempted
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let r = exec(&t, &READ_2_AT_1, &mut v, 1024);
+        assert_eq!((r.status, r.data_in_len), (Status::Good, 1024));
+        assert_eq!(&v[1..], &medium(512, 1024)[..]);
+    }
+
     #[test]
     fn write_goes_from_data_out_in_place_and_short_data_out_is_refused() {
         let (mem, t) = target();

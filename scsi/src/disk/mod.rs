@@ -348,6 +348,8 @@ pub(crate) struct Ctx<'a, 'b, 'c> {
     /// Set when the handler already took the command out of the task set:
     /// whether it had been aborted.
     pub ended: Option<bool>,
+    /// The abort epoch the command entered the task set at.
+    pub since: u64,
 }
 
 impl Ctx<'_, '_, '_> {
@@ -780,6 +782,7 @@ impl LogicalUnit for Disk {
             data_in: &mut data_in,
             in_place: None,
             ended: None,
+            since,
         };
         let result = self.run(&mut ctx, since, conflicts);
         let (used, in_place, ended) = (ctx.out_used, ctx.in_place, ctx.ended);

@@ -126,10 +126,11 @@ impl Disk {
 
     /// Read `len` bytes at `lba` straight into the data-in buffer. The
     /// command leaves the task set before the bytes count as transferred,
-    /// so an aborted command transfers none.
+    /// so an aborted command (here or, by PREEMPT AND ABORT, in another
+    /// process) transfers none.
     fn read_in_place(&self, ctx: &mut Ctx<'_, '_, '_>, lba: u64, len: usize) -> Res {
         let offset = lba * self.bs();
-        let (nexus, tag) = (ctx.nexus, ctx.tag);
+        let (nexus, tag, since, cmd) = (ctx.nexus, ctx.tag, ctx.since, ctx.cdb.cmd());
         let mut medium = None;
         let mut ended = None;
         let res = ctx.data_in.writer.write_in_place(len, &mut |bufs| {
@@ -137,7 +138,7 @@ impl Disk {
                 medium = Some(e);
                 return Err(io::Error::other("medium error"));
             }
-            let aborted = self.end(nexus, tag);
+            let aborted = self.end(nexus, tag) | self.preempted_since(nexus, since, Some(cmd));
             ended = Some(aborted);
             if aborted {
                 Err(io::Error::other("command aborted"))
