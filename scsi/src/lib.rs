@@ -28,6 +28,6 @@ pub use emulated::{EmulatedTarget, LogicalUnit};
 pub use nexus::{ItNexus, PortName, TargetPort};
 pub use sense::{Sense, SenseKey, Status};
 pub use target::{
-    DataIn, DataOut, DeliveryFailure, Lun, Request, Response, ScsiTarget, TaskMgmt, TmfResponse,
-    TransportError,
+    DataIn, DataInSink, DataOut, DataOutSource, DeliveryFailure, Lun, ReadSource, Request,
+    Response, ScsiTarget, TaskMgmt, TmfResponse, TransportError, WriteSink,
 };
