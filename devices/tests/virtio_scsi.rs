@@ -16,6 +16,7 @@ use devices::virtio::scsi::event::{
 use devices::virtio::scsi::request::{decode_lun, encode_lun, response};
 use devices::virtio::scsi::test_utils::{
     fake_byte, FakeTarget, RecordingInterrupt, RecordingMsi, FAKE_BLOCK, OP_LONG_SENSE,
+    OP_TASK_ABORTED,
 };
 use devices::virtio::scsi::{features as scsi_f, ScsiControllerConfig, TargetSlot, VirtioScsi};
 use devices::virtio::{features, InterruptType, VirtioDevice};
@@ -515,6 +516,69 @@ fn sense_is_truncated_to_the_driver_sense_size() {
     s.dev.reset();
     s.dev.read_config(20, &mut cfg);
     assert_eq!(cfg, [96, 0, 0, 0, 32, 0, 0, 0]);
+}
+
+#[test]
+fn task_aborted_status_is_answered_as_virtio_aborted() {
+    let s = setup();
+    let mem = memory();
+    let mut ring = Ring::new(&mem, 0x2000, HEAP);
+    let irq = RecordingInterrupt::default();
+    // The fake target moves 100 bytes, then ends the command with status
+    // TASK ABORTED (40h) and sense the transport must drop.
+    let cdb = [
+        OP_TASK_ABORTED, // vendor: aborted after cdb[4] bytes
+        0x00,
+        0x00,
+        0x00,
+        100,  // bytes moved before the abort
+        0x00, // control
+    ];
+    let r = command(
+        &s,
+        &mut ring,
+        &irq,
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        0x77,
+        &cdb,
+        &[],
+        512,
+    );
+    assert_eq!(r.response, response::ABORTED, "VIRTIO_SCSI_S_ABORTED (2)");
+    assert_eq!((r.status, r.sense_len), (0, 0), "no status byte, no sense");
+    assert_eq!(r.sense, Vec::<u8>::new());
+    assert_eq!(r.resid, 512 - 100, "what was not transferred");
+    assert_eq!(&r.data_in[..100], &[0xAB; 100][..]);
+    assert_eq!(r.used_len, 12 + 96 + 100);
+    // Nothing moved: resid is the whole buffer.
+    let mut cdb0 = cdb;
+    cdb0[4] = 0;
+    let r = command(
+        &s,
+        &mut ring,
+        &irq,
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        0x78,
+        &cdb0,
+        &[],
+        512,
+    );
+    assert_eq!(
+        (r.response, r.status, r.sense_len, r.resid),
+        (response::ABORTED, 0, 0, 512)
+    );
+    // Other statuses keep response OK with the status byte.
+    let r = command(
+        &s,
+        &mut ring,
+        &irq,
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        0x79,
+        &[OP_LONG_SENSE, 0, 0, 0, 0, 0],
+        &[],
+        0,
+    );
+    assert_eq!((r.response, r.status), (response::OK, 0x02));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use log::{debug, warn};
 use scsi::target::{DataIn, DataOut, DeliveryFailure, Request, TaskAttr, TransportError};
-use scsi::Lun;
+use scsi::{Lun, Status};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use super::{Controller, TargetMap};
@@ -281,12 +281,24 @@ impl RequestProcessor {
                         } else {
                             dout_cap.saturating_sub(r.data_out_len)
                         };
-                        sense_out = &r.sense[..r.sense.len().min(sense_size)];
-                        CmdResponse {
-                            sense_len: sat_u32(sense_out.len()),
-                            resid: sat_u32(resid),
-                            status: r.status as u8,
-                            response: response::OK,
+                        if r.status == Status::TaskAborted {
+                            // Ended by ABORT TASK (SET), CLEAR TASK SET, a
+                            // LU reset or PREEMPT AND ABORT: virtio answers
+                            // ABORTED with no status or sense (virtio 1.2,
+                            // 5.6.6.1), as QEMU does.
+                            CmdResponse {
+                                resid: sat_u32(resid),
+                                response: response::ABORTED,
+                                ..Default::default()
+                            }
+                        } else {
+                            sense_out = &r.sense[..r.sense.len().min(sense_size)];
+                            CmdResponse {
+                                sense_len: sat_u32(sense_out.len()),
+                                resid: sat_u32(resid),
+                                status: r.status as u8,
+                                response: response::OK,
+                            }
                         }
                     }
                     Err(TransportError::Delivery {

@@ -15,6 +15,10 @@ pub const FAKE_BLOCK: usize = 512;
 pub const FAKE_BLOCKS: usize = 8;
 /// Vendor opcode that answers CHECK CONDITION with 120 bytes of sense.
 pub const OP_LONG_SENSE: u8 = 0xC0;
+/// Vendor opcode that moves `cdb[4]` bytes of 0xAB data-in, then ends with
+/// TASK ABORTED (as a command cut short by a TMF) and some sense bytes the
+/// transport must not pass on.
+pub const OP_TASK_ABORTED: u8 = 0xC1;
 
 /// The byte at `offset` of block `lba` of the fake disk `target`/`lun`.
 pub fn fake_byte(target: u8, lun: Lun, lba: usize, offset: usize) -> u8 {
@@ -240,6 +244,19 @@ impl ScsiTarget for FakeTarget {
                     sense: vec![],
                     data_in_len: 0,
                     data_out_len: n,
+                })
+            }
+            OP_TASK_ABORTED => {
+                let n = usize::from(req.cdb.get(4).copied().unwrap_or(0)).min(data_in.len);
+                data_in
+                    .writer
+                    .write_all(&vec![0xAB; n])
+                    .map_err(TransportError::DataIn)?;
+                Ok(Response {
+                    status: Status::TaskAborted,
+                    sense: vec![0x70, 0, 0x0B],
+                    data_in_len: n,
+                    data_out_len: 0,
                 })
             }
             OP_LONG_SENSE => Ok(Response {
