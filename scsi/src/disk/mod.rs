@@ -31,7 +31,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -44,11 +44,13 @@ use crate::pr::{NexusPrCache, PrOutcome, Reservations};
 use crate::sense::{codes, Sense, Status};
 use crate::target::{DataIn, DataOut, Request, Response, TaskMgmt, TmfResponse, TransportError};
 use crate::unit_attention::UaQueue;
+use tasks::{Overlap, Place, TaskSet};
 
 mod identity;
 mod mode;
 mod sbc;
 pub(crate) mod spc;
+mod tasks;
 
 pub use identity::{DiskIdentity, IdentityError, DEFAULT_COMPANY_ID};
 
@@ -282,32 +284,104 @@ pub(crate) fn recycle_buffer(v: Vec<u8>) {
     }
 }
 
-/// Per-I_T-nexus state of the logical unit.
+/// Per-I_T-nexus state of the logical unit. Commands reach it through a
+/// per-thread cache ([`Disk::nexus`]) without the LU's lock; the task set
+/// and the "unit attention pending" and reservation answer checks of the
+/// command path are lock-free.
 #[derive(Debug)]
-struct NexusState {
+struct Nexus {
+    tasks: TaskSet,
+    /// Whether `slow.ua` is not empty (kept in step under its lock).
+    ua_pending: AtomicBool,
+    /// The reservation state version `pr_conflicts` was taken at
+    /// (`NO_VERSION`: none).
+    pr_version: AtomicU64,
+    /// Conflict mask (`PrAccess::bit`) at `pr_version` or later.
+    pr_conflicts: AtomicU8,
+    slow: Mutex<NexusSlow>,
+}
+
+/// The parts of a nexus' state that commands change rarely.
+#[derive(Debug)]
+struct NexusSlow {
     ua: UaQueue,
-    /// Outstanding commands by tag; `true` once aborted.
-    tasks: FastMap<u64, bool>,
     /// Echo buffer (WRITE/READ BUFFER mode 0x0A).
     echo: Option<Vec<u8>>,
     /// Reservation answers while the reservation state is unchanged.
     pr: NexusPrCache,
 }
 
-impl NexusState {
+/// `Nexus::pr_version` when no answer is kept.
+const NO_VERSION: u64 = u64::MAX;
+
+impl Nexus {
     fn new() -> Self {
-        NexusState {
-            ua: UaQueue::new_nexus(),
-            tasks: FastMap::default(),
-            echo: None,
-            pr: NexusPrCache::default(),
+        let ua = UaQueue::new_nexus();
+        Nexus {
+            tasks: TaskSet::default(),
+            ua_pending: AtomicBool::new(!ua.is_empty()),
+            pr_version: AtomicU64::new(NO_VERSION),
+            pr_conflicts: AtomicU8::new(0),
+            slow: Mutex::new(NexusSlow {
+                ua,
+                echo: None,
+                pr: NexusPrCache::default(),
+            }),
         }
     }
+
+    fn lock(&self) -> MutexGuard<'_, NexusSlow> {
+        self.slow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `f` on the rarely changed state, keeping `ua_pending` in step
+    /// with its unit attention queue.
+    fn with<R>(&self, f: impl FnOnce(&mut NexusSlow) -> R) -> R {
+        let mut s = self.lock();
+        let r = f(&mut s);
+        self.ua_pending.store(!s.ua.is_empty(), Ordering::Release);
+        r
+    }
+}
+
+/// A command in its nexus' task set.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Task<'a> {
+    nexus: &'a Nexus,
+    tag: u64,
+    place: Place,
 }
 
 #[derive(Debug, Default)]
 struct LuState {
-    nexuses: FastMap<NexusKey, NexusState>,
+    /// Every nexus that ever sent a command; never removed while the disk
+    /// lives (`Disk::nexus` hands out references to them).
+    nexuses: FastMap<NexusKey, Arc<Nexus>>,
+}
+
+impl LuState {
+    /// The state of `n`, registered if new.
+    fn registered(&mut self, n: &ItNexus) -> &Arc<Nexus> {
+        if !self.nexuses.contains_key(NexusKey::of(n)) {
+            self.nexuses
+                .insert(NexusKey(n.clone()), Arc::new(Nexus::new()));
+        }
+        &self.nexuses[NexusKey::of(n)]
+    }
+}
+
+/// Source of `Disk::id`.
+static NEXT_DISK_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A nexus state cached by a thread: (disk id, nexus, its state).
+type CachedNexus = (u64, ItNexus, Arc<Nexus>);
+
+thread_local! {
+    /// The nexuses this thread's last commands came from, most recent
+    /// first: a queue thread finds its nexus without the LU's lock or a
+    /// hash.
+    static NEXUSES: RefCell<[Option<CachedNexus>; 4]> =
+        const { RefCell::new([None, None, None, None]) };
 }
 
 /// A command failed: CHECK CONDITION, another status, or a transport error.
@@ -337,6 +411,8 @@ pub(crate) struct Ctx<'a, 'b, 'c> {
     pub nexus: &'a ItNexus,
     /// The command's tag (its entry in the task set).
     pub tag: u64,
+    /// Its entry in the task set.
+    pub task: Task<'a>,
     pub cdb: Cdb<'a>,
     pub data_out: &'b mut DataOut<'c>,
     pub out_used: usize,
@@ -388,6 +464,8 @@ impl Ctx<'_, '_, '_> {
 pub struct Disk {
     cfg: DiskConfig,
     serial: String,
+    /// Unique in the process (keys the per-thread nexus cache).
+    id: u64,
     backend: Arc<dyn BlockBackend>,
     pr: Option<Arc<dyn Reservations>>,
     discard: bool,
@@ -422,6 +500,7 @@ impl Disk {
             },
             cfg,
             serial,
+            id: NEXT_DISK_ID.fetch_add(1, Ordering::Relaxed),
             backend,
             pr,
             discard,
@@ -474,10 +553,10 @@ impl Disk {
 
     /// Establish `ua` for every known nexus except `except`.
     fn raise_ua_all(&self, ua: Sense, except: Option<&ItNexus>) {
-        let mut st = self.lock();
-        for (n, s) in st.nexuses.iter_mut() {
+        let st = self.lock();
+        for (n, s) in st.nexuses.iter() {
             if Some(&n.0) != except {
-                s.ua.push(ua);
+                s.with(|s| s.ua.push(ua));
             }
         }
     }
@@ -495,7 +574,7 @@ impl Disk {
         }
     }
 
-    fn merge_pr_uas(&self, nexus: &ItNexus, st: &mut NexusState) {
+    fn merge_pr_uas(&self, nexus: &ItNexus, st: &mut NexusSlow) {
         if let Some(pr) = &self.pr {
             for ua in pr.take_unit_attentions(nexus) {
                 st.ua.push(ua);
@@ -503,53 +582,113 @@ impl Disk {
         }
     }
 
+    /// The state of `n` (registered if new): from this thread's cache, else
+    /// looked up under the LU's lock and cached.
+    fn nexus(&self, n: &ItNexus) -> &Nexus {
+        let hit = NEXUSES
+            .try_with(|c| {
+                let c = c.try_borrow().ok()?;
+                c.iter()
+                    .flatten()
+                    .find(|(id, k, _)| *id == self.id && k == n)
+                    .map(|(_, _, a)| Arc::as_ptr(a))
+            })
+            .ok()
+            .flatten();
+        let ptr = match hit {
+            Some(p) => p,
+            None => {
+                let arc = self.lock().registered(n).clone();
+                let p = Arc::as_ptr(&arc);
+                let _ = NEXUSES.try_with(|c| {
+                    if let Ok(mut c) = c.try_borrow_mut() {
+                        c.rotate_right(1);
+                        c[0] = Some((self.id, n.clone(), arc));
+                    }
+                });
+                p
+            }
+        };
+        // SAFETY: `ptr` points into an `Arc<Nexus>` held by this disk's
+        // `state.nexuses` (the cache only holds nexuses of the disk with the
+        // same unique id, and `registered` put this one there), and the disk
+        // never removes a nexus from that map, so the `Nexus` lives at least
+        // as long as `&self`.
+        unsafe { &*ptr }
+    }
+
+    /// Reservation conflict mask for a command of `nexus` (`None`: ask
+    /// the reservation state): the nexus' kept answer while the state
+    /// version is unchanged, else refreshed (taking its unit attentions).
+    fn pr_conflicts(pr: &dyn Reservations, nx: &Nexus, nexus: &ItNexus) -> Option<u8> {
+        let v = pr.state_version();
+        if let Some(v) = v {
+            if nx.pr_version.load(Ordering::Acquire) == v {
+                return Some(nx.pr_conflicts.load(Ordering::Acquire));
+            }
+        }
+        nx.with(|s| {
+            let NexusSlow { ua, pr: cache, .. } = s;
+            let c = cache.refresh(pr, nexus, |u| ua.push(u));
+            if let (Some(v), Some(c)) = (v, c) {
+                // The mask may be newer than `v`, never older.
+                nx.pr_version.store(NO_VERSION, Ordering::Release);
+                nx.pr_conflicts.store(c, Ordering::Release);
+                nx.pr_version.store(v, Ordering::Release);
+            }
+            c
+        })
+    }
+
     /// Register the command: report a pending unit attention instead of
     /// executing it (unless exempt), or refuse a tag already outstanding.
-    /// Returns the reservation conflict mask for the command (`PrAccess`
-    /// bits; `None`: ask the reservation state).
-    fn begin(&self, req: &Request<'_>, exempt: bool) -> Result<Option<u8>, Sense> {
-        let mut st = self.lock();
-        let ns = match st.nexuses.get_mut(NexusKey::of(req.nexus)) {
-            Some(ns) => ns,
-            None => st
-                .nexuses
-                .entry(NexusKey(req.nexus.clone()))
-                .or_insert_with(NexusState::new),
-        };
+    /// Returns its task and the reservation conflict mask for the command
+    /// (`PrAccess` bits; `None`: ask the reservation state).
+    fn begin(&self, req: &Request<'_>, exempt: bool) -> Result<(Task<'_>, Option<u8>), Sense> {
+        let nx = self.nexus(req.nexus);
         let conflicts = match &self.pr {
-            Some(pr) => {
-                let NexusState { ua, pr: cache, .. } = ns;
-                cache.refresh(pr.as_ref(), req.nexus, |s| ua.push(s))
-            }
+            Some(pr) => Self::pr_conflicts(pr.as_ref(), nx, req.nexus),
             None => Some(0),
         };
-        if !exempt {
-            if let Some(ua) = ns.ua.pop() {
+        if !exempt && nx.ua_pending.load(Ordering::Acquire) {
+            if let Some(ua) = nx.with(|s| s.ua.pop()) {
                 return Err(ua);
             }
         }
-        if ns.tasks.contains_key(&req.tag) {
-            // Overlapped command: SAM-5 5.9.3 aborts the new one (and the
-            // old one, which we let finish; its tag stays tracked).
-            return Err(codes::OVERLAPPED_COMMANDS);
+        match nx.tasks.insert(req.tag) {
+            Ok(place) => Ok((
+                Task {
+                    nexus: nx,
+                    tag: req.tag,
+                    place,
+                },
+                conflicts,
+            )),
+            Err(Overlap) => {
+                // Overlapped command: SAM-5 5.9.3 aborts the new one (and
+                // the old one, which we let finish; its tag stays tracked).
+                // A TMF may have marked the refused entry meanwhile.
+                self.notify_idle();
+                Err(codes::OVERLAPPED_COMMANDS)
+            }
         }
-        ns.tasks.insert(req.tag, false);
-        Ok(conflicts)
     }
 
     /// Unregister the command; returns whether it was aborted meanwhile.
-    fn end(&self, nexus: &ItNexus, tag: u64) -> bool {
-        let mut st = self.lock();
-        let aborted = st
-            .nexuses
-            .get_mut(NexusKey::of(nexus))
-            .and_then(|ns| ns.tasks.remove(&tag))
-            .unwrap_or(false);
-        drop(st);
+    fn end(&self, task: Task<'_>) -> bool {
+        let aborted = task.nexus.tasks.remove(task.tag, task.place);
         if aborted {
-            self.idle.notify_all();
+            self.notify_idle();
         }
         aborted
+    }
+
+    /// Wake the task management functions waiting in `wait_aborted`.
+    fn notify_idle(&self) {
+        // Under the lock they check under: a task leaving just after a
+        // check is seen by the next one.
+        let _st = self.lock();
+        self.idle.notify_all();
     }
 
     /// Whether a command (not the PERSISTENT RESERVE OUT that did it) that
@@ -661,16 +800,13 @@ impl Disk {
     /// what stops their writes, here and in other processes, is the abort
     /// fence (`crate::pr::fence`).
     fn abort_preempted(&self, me: &ItNexus, my_tag: u64, ids: &[crate::pr::RegistrantId]) {
-        let mut st = self.lock();
-        for (key, ns) in st.nexuses.iter_mut() {
+        let st = self.lock();
+        for (key, ns) in st.nexuses.iter() {
             if !ids.iter().any(|id| id.covers(&key.0)) {
                 continue;
             }
-            for (tag, aborted) in ns.tasks.iter_mut() {
-                if !(&key.0 == me && *tag == my_tag) {
-                    *aborted = true;
-                }
-            }
+            let mine = &key.0 == me;
+            ns.tasks.abort(|tag| !(mine && tag == my_tag));
         }
     }
 
@@ -679,10 +815,7 @@ impl Disk {
     fn wait_aborted(&self, mut st: MutexGuard<'_, LuState>) {
         let deadline = Instant::now() + ABORT_WAIT;
         loop {
-            let pending = st
-                .nexuses
-                .values()
-                .any(|ns| ns.tasks.values().any(|&aborted| aborted));
+            let pending = st.nexuses.values().any(|ns| ns.tasks.any_aborted());
             if !pending {
                 return;
             }
@@ -752,14 +885,14 @@ impl LogicalUnit for Disk {
             self.check_resize();
         }
         let since = self.pr.as_ref().map_or(0, |pr| pr.abort_epoch());
-        let conflicts = match self.begin(req, exempt) {
+        let (task, conflicts) = match self.begin(req, exempt) {
             Ok(c) => c,
             Err(sense) => return Ok(self.response(Status::CheckCondition, Some(sense), 0, 0)),
         };
         let cdb = match parsed {
             Ok(c) => c,
             Err(e) => {
-                self.end(req.nexus, req.tag);
+                self.end(task);
                 let sense = e.sense().unwrap_or(codes::INVALID_OPCODE);
                 return Ok(self.response(Status::CheckCondition, Some(sense), 0, 0));
             }
@@ -776,6 +909,7 @@ impl LogicalUnit for Disk {
         let mut ctx = Ctx {
             nexus: req.nexus,
             tag: req.tag,
+            task,
             cdb,
             data_out: &mut data_out,
             out_used: 0,
@@ -786,8 +920,8 @@ impl LogicalUnit for Disk {
         };
         let result = self.run(&mut ctx, since, conflicts);
         let (used, in_place, ended) = (ctx.out_used, ctx.in_place, ctx.ended);
-        let aborted = ended.unwrap_or_else(|| self.end(req.nexus, req.tag))
-            || self.preempted_since(req.nexus, since, cmd);
+        let aborted =
+            ended.unwrap_or_else(|| self.end(task)) || self.preempted_since(req.nexus, since, cmd);
         if aborted {
             return Ok(self.response(Status::TaskAborted, None, 0, used));
         }
@@ -810,42 +944,40 @@ impl LogicalUnit for Disk {
         let mut st = self.lock();
         match tmf {
             TaskMgmt::AbortTask(tag) => {
-                if let Some(a) = st
-                    .nexuses
-                    .get_mut(NexusKey::of(nexus))
-                    .and_then(|ns| ns.tasks.get_mut(&tag))
-                {
-                    *a = true;
+                if let Some(ns) = st.nexuses.get(NexusKey::of(nexus)) {
+                    ns.tasks.abort(|t| t == tag);
                 }
                 self.wait_aborted(st);
                 TmfResponse::Complete
             }
             TaskMgmt::AbortTaskSet => {
-                if let Some(ns) = st.nexuses.get_mut(NexusKey::of(nexus)) {
-                    ns.tasks.values_mut().for_each(|a| *a = true);
+                if let Some(ns) = st.nexuses.get(NexusKey::of(nexus)) {
+                    ns.tasks.abort_all();
                 }
                 self.wait_aborted(st);
                 TmfResponse::Complete
             }
             TaskMgmt::ClearTaskSet => {
-                for (n, ns) in st.nexuses.iter_mut() {
+                for (n, ns) in st.nexuses.iter() {
                     if ns.tasks.is_empty() {
                         continue;
                     }
-                    ns.tasks.values_mut().for_each(|a| *a = true);
+                    ns.tasks.abort_all();
                     if &n.0 != nexus {
                         // TAS = 0: the other nexus learns through a UA.
-                        ns.ua.push(codes::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
+                        ns.with(|s| s.ua.push(codes::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR));
                     }
                 }
                 self.wait_aborted(st);
                 TmfResponse::Complete
             }
             TaskMgmt::LogicalUnitReset => {
-                for ns in st.nexuses.values_mut() {
-                    ns.tasks.values_mut().for_each(|a| *a = true);
-                    ns.ua.push(codes::BUS_DEVICE_RESET);
-                    ns.echo = None;
+                for ns in st.nexuses.values() {
+                    ns.tasks.abort_all();
+                    ns.with(|s| {
+                        s.ua.push(codes::BUS_DEVICE_RESET);
+                        s.echo = None;
+                    });
                 }
                 self.reset_mode();
                 if let Some(pr) = &self.pr {
@@ -855,13 +987,12 @@ impl LogicalUnit for Disk {
                 TmfResponse::Complete
             }
             TaskMgmt::ItNexusReset => {
-                let ns = st
-                    .nexuses
-                    .entry(NexusKey(nexus.clone()))
-                    .or_insert_with(NexusState::new);
-                ns.tasks.values_mut().for_each(|a| *a = true);
-                ns.ua.push(codes::I_T_NEXUS_LOSS);
-                ns.echo = None;
+                let ns = st.registered(nexus);
+                ns.tasks.abort_all();
+                ns.with(|s| {
+                    s.ua.push(codes::I_T_NEXUS_LOSS);
+                    s.echo = None;
+                });
                 if let Some(pr) = &self.pr {
                     pr.nexus_loss(nexus);
                 }
@@ -872,8 +1003,7 @@ impl LogicalUnit for Disk {
                 let live = st
                     .nexuses
                     .get(NexusKey::of(nexus))
-                    .and_then(|ns| ns.tasks.get(&tag))
-                    .is_some_and(|&aborted| !aborted);
+                    .is_some_and(|ns| ns.tasks.is_live(tag));
                 if live {
                     TmfResponse::Succeeded
                 } else {
@@ -884,7 +1014,7 @@ impl LogicalUnit for Disk {
                 let any = st
                     .nexuses
                     .get(NexusKey::of(nexus))
-                    .is_some_and(|ns| ns.tasks.values().any(|&a| !a));
+                    .is_some_and(|ns| ns.tasks.any_live());
                 if any {
                     TmfResponse::Succeeded
                 } else {
@@ -892,15 +1022,14 @@ impl LogicalUnit for Disk {
                 }
             }
             TaskMgmt::QueryAsyncEvent => {
-                let ns = st
-                    .nexuses
-                    .entry(NexusKey(nexus.clone()))
-                    .or_insert_with(NexusState::new);
-                self.merge_pr_uas(nexus, ns);
-                if ns.ua.is_empty() {
-                    TmfResponse::Complete
-                } else {
+                let pending = st.registered(nexus).with(|s| {
+                    self.merge_pr_uas(nexus, s);
+                    !s.ua.is_empty()
+                });
+                if pending {
                     TmfResponse::Succeeded
+                } else {
+                    TmfResponse::Complete
                 }
             }
             // NACA is not supported, so there is never an ACA to clear.
@@ -909,13 +1038,11 @@ impl LogicalUnit for Disk {
     }
 
     fn pending_unit_attention(&self, nexus: &ItNexus) -> Option<Sense> {
-        let mut st = self.lock();
-        let ns = st
-            .nexuses
-            .entry(NexusKey(nexus.clone()))
-            .or_insert_with(NexusState::new);
-        self.merge_pr_uas(nexus, ns);
-        ns.ua.peek().copied()
+        let ns = self.lock().registered(nexus).clone();
+        ns.with(|s| {
+            self.merge_pr_uas(nexus, s);
+            s.ua.peek().copied()
+        })
     }
 
     fn raise_unit_attention(&self, ua: Sense) {
@@ -923,8 +1050,9 @@ impl LogicalUnit for Disk {
     }
 
     fn clear_unit_attention(&self, nexus: &ItNexus, asc: u8, ascq: u8) {
-        if let Some(ns) = self.lock().nexuses.get_mut(NexusKey::of(nexus)) {
-            ns.ua.clear(asc, ascq);
+        let ns = self.lock().nexuses.get(NexusKey::of(nexus)).cloned();
+        if let Some(ns) = ns {
+            ns.with(|s| s.ua.clear(asc, ascq));
         }
     }
 }

@@ -130,7 +130,7 @@ impl Disk {
     /// process) transfers none.
     fn read_in_place(&self, ctx: &mut Ctx<'_, '_, '_>, lba: u64, len: usize) -> Res {
         let offset = lba * self.bs();
-        let (nexus, tag, since, cmd) = (ctx.nexus, ctx.tag, ctx.since, ctx.cdb.cmd());
+        let (nexus, task, since, cmd) = (ctx.nexus, ctx.task, ctx.since, ctx.cdb.cmd());
         let mut medium = None;
         let mut ended = None;
         let res = ctx.data_in.writer.write_in_place(len, &mut |bufs| {
@@ -138,7 +138,7 @@ impl Disk {
                 medium = Some(e);
                 return Err(io::Error::other("medium error"));
             }
-            let aborted = self.end(nexus, tag) | self.preempted_since(nexus, since, Some(cmd));
+            let aborted = self.end(task) | self.preempted_since(nexus, since, Some(cmd));
             ended = Some(aborted);
             if aborted {
                 Err(io::Error::other("command aborted"))

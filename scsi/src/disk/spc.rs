@@ -7,8 +7,8 @@ use crate::nexus::PortName;
 use crate::sense::codes;
 
 use super::{
-    Ctx, Disk, Fail, NexusKey, Res, ECHO_BUFFER_CAPACITY, MAX_COMPARE_AND_WRITE_BLOCKS,
-    MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
+    Ctx, Disk, Fail, Res, ECHO_BUFFER_CAPACITY, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES,
+    MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
 };
 
 /// Version descriptors of standard INQUIRY data: SAM-5, SPC-4, SBC-3.
@@ -86,11 +86,7 @@ impl Disk {
 
     pub(super) fn request_sense(&self, ctx: &mut Ctx<'_, '_, '_>) -> Res {
         let desc = ctx.cdb.bit(1, 0);
-        let ua = self
-            .lock()
-            .nexuses
-            .get_mut(NexusKey::of(ctx.nexus))
-            .and_then(|ns| ns.ua.pop());
+        let ua = ctx.task.nexus.with(|s| s.ua.pop());
         Ok(ua.unwrap_or(codes::NO_SENSE).encode(desc))
     }
 
@@ -254,10 +250,11 @@ impl Disk {
                 if id != 0 || offset != 0 {
                     return Err(codes::INVALID_FIELD_IN_CDB.in_cdb(2, None).into());
                 }
-                let st = self.lock();
-                st.nexuses
-                    .get(NexusKey::of(ctx.nexus))
-                    .and_then(|ns| ns.echo.clone())
+                ctx.task
+                    .nexus
+                    .lock()
+                    .echo
+                    .clone()
                     .ok_or(Fail::Check(codes::COMMAND_SEQUENCE_ERROR))
             }
             // Echo buffer descriptor: EBOS 0, BUFFER CAPACITY.
@@ -280,10 +277,7 @@ impl Disk {
             return Err(codes::INVALID_FIELD_IN_CDB.in_cdb(6, None).into());
         }
         let data = ctx.params()?;
-        let mut st = self.lock();
-        if let Some(ns) = st.nexuses.get_mut(NexusKey::of(ctx.nexus)) {
-            ns.echo = Some(data);
-        }
+        ctx.task.nexus.lock().echo = Some(data);
         Ok(Vec::new())
     }
 
