@@ -3,8 +3,9 @@
 //! port 0x64). Firmware and kernels probe the keyboard: OVMF's PS/2 driver
 //! sends "enable" (0xF4) and waits up to a second for the acknowledge
 //! (0xFA) before it gives up, so a silent keyboard costs every UEFI boot that
-//! second (and 100 000 status-port exits). Each byte that reaches the output
-//! buffer raises IRQ 1 when the command byte enables keyboard interrupts.
+//! second (and 100 000 status-port exits). IRQ 1 is a level, as QEMU drives
+//! it: high while a byte waits in the output buffer and the command byte
+//! enables keyboard interrupts, lowered and raised again for each next byte.
 //! No mouse is attached.
 
 use std::collections::VecDeque;
@@ -60,6 +61,7 @@ pub struct I8042 {
     scancode_set: u8,
     port61: u8,
     irq: Option<Arc<dyn InterruptLine>>,
+    irq_high: bool,
     exit: Arc<dyn ExitHandler>,
 }
 
@@ -86,11 +88,12 @@ impl I8042 {
             scancode_set: 2,
             port61: 0,
             irq: None,
+            irq_high: false,
             exit,
         }
     }
 
-    /// Raise `irq` (ISA IRQ 1) for each byte the guest can read.
+    /// Drive `irq` (ISA IRQ 1) while a byte waits for the guest.
     pub fn with_irq(mut self, irq: Arc<dyn InterruptLine>) -> Self {
         self.irq = Some(irq);
         self
@@ -103,20 +106,26 @@ impl I8042 {
             return;
         }
         self.output.push_back(b);
-        if self.output.len() == 1 {
-            self.interrupt();
-        }
+        self.update_irq(false);
     }
 
-    fn interrupt(&self) {
-        if self.command_byte & CB_KBD_INT == 0 {
-            return;
-        }
-        if let Some(irq) = &self.irq {
-            if let Err(e) = irq.trigger() {
+    /// Set IRQ 1 to what the output buffer and the command byte ask for;
+    /// `next_byte`: a new byte replaced the one just read (a new edge).
+    fn update_irq(&mut self, next_byte: bool) {
+        let want = !self.output.is_empty() && self.command_byte & CB_KBD_INT != 0;
+        let Some(irq) = &self.irq else { return };
+        let set = |high: bool| {
+            if let Err(e) = irq.set_level(high) {
                 log::warn!("i8042: IRQ 1: {e}");
             }
+        };
+        if next_byte && want && self.irq_high {
+            set(false);
+            set(true);
+        } else if want != self.irq_high {
+            set(want);
         }
+        self.irq_high = want;
     }
 
     fn command(&mut self, cmd: u8) {
@@ -142,7 +151,10 @@ impl I8042 {
     fn data(&mut self, v: u8) {
         self.status &= !STATUS_CMD;
         match self.pending_cmd.take() {
-            Some(0x60) => self.command_byte = v,
+            Some(0x60) => {
+                self.command_byte = v;
+                self.update_irq(false);
+            }
             // Output port: bit 0 low resets the CPU.
             Some(0xD1) if v & 1 == 0 => self.exit.request_exit(ExitReason::Reset),
             Some(0xD1) => {}
@@ -223,9 +235,7 @@ impl BusDevice for I8042 {
         match base + offset {
             I8042_DATA => {
                 *b = self.output.pop_front().unwrap_or(0);
-                if !self.output.is_empty() {
-                    self.interrupt();
-                }
+                self.update_irq(true);
             }
             0x61 => {
                 // Toggle the refresh bit (bit 4) so delay loops polling it progress.
@@ -262,14 +272,24 @@ mod tests {
     use crate::lifecycle::test_utils::RecordingExit;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Counts rising edges and remembers the level.
     #[derive(Default)]
-    struct Count(AtomicUsize);
-    impl InterruptLine for Count {
+    struct Level {
+        rises: AtomicUsize,
+        high: std::sync::atomic::AtomicBool,
+    }
+    impl InterruptLine for Level {
         fn trigger(&self) -> Result<(), InterruptError> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            self.set_level(true)?;
+            self.set_level(false)
         }
-        fn set_level(&self, _: bool) -> Result<(), InterruptError> {
+        fn set_level(&self, high: bool) -> Result<(), InterruptError> {
+            if high && !self.high.swap(true, Ordering::SeqCst) {
+                self.rises.fetch_add(1, Ordering::SeqCst);
+            }
+            if !high {
+                self.high.store(false, Ordering::SeqCst);
+            }
             Ok(())
         }
     }
@@ -328,18 +348,31 @@ mod tests {
         assert_eq!(to_keyboard(&mut k, &[0xF4; 100]).len(), MAX_OUTPUT);
     }
 
-    /// Each byte that becomes readable pulses IRQ 1 while the command byte
-    /// enables keyboard interrupts; none when it does not.
+    /// IRQ 1 is high while a byte waits and keyboard interrupts are
+    /// enabled, with a rising edge for each byte; never when disabled.
     #[test]
     fn output_bytes_raise_irq1_when_enabled() {
-        let irq = Arc::new(Count::default());
+        let irq = Arc::new(Level::default());
         let mut k = I8042::new(Arc::new(RecordingExit::default())).with_irq(irq.clone());
-        assert_eq!(to_keyboard(&mut k, &[0xFF]), [0xFA, 0xAA]);
-        assert_eq!(irq.0.load(Ordering::SeqCst), 2, "0x45: interrupts enabled");
+        let high = |l: &Level| l.high.load(Ordering::SeqCst);
+        let rises = |l: &Level| l.rises.load(Ordering::SeqCst);
+        k.write(0x60, 0, &[0xFF]);
+        assert!(high(&irq), "0x45: interrupts enabled, ACK waiting");
+        assert_eq!(to_keyboard(&mut k, &[]), [0xFA, 0xAA]);
+        assert_eq!(rises(&irq), 2, "one edge per byte");
+        assert!(!high(&irq), "low once the buffer is empty");
         k.write(0x60, 4, &[0x60]);
         k.write(0x60, 0, &[0x44]);
         assert_eq!(to_keyboard(&mut k, &[0xFF]), [0xFA, 0xAA]);
-        assert_eq!(irq.0.load(Ordering::SeqCst), 2, "interrupts off: no pulse");
+        assert_eq!(rises(&irq), 2, "interrupts off: no edge");
+        // Enabling interrupts with a byte waiting raises the line.
+        k.write(0x60, 0, &[0xF4]);
+        assert!(!high(&irq));
+        k.write(0x60, 4, &[0x60]);
+        k.write(0x60, 0, &[0x45]);
+        assert!(high(&irq));
+        assert_eq!(to_keyboard(&mut k, &[]), [0xFA]);
+        assert!(!high(&irq));
     }
 
     #[test]
