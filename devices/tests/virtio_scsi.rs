@@ -25,7 +25,7 @@ use scsi::target::TaskAttr;
 use scsi::{PortName, TargetPort, TaskMgmt, TmfResponse};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const QSIZE: u16 = 64;
@@ -750,6 +750,160 @@ fn malformed_chains_set_needs_reset() {
 
 /// A ring whose avail index runs ahead of the queue size is a broken
 /// driver: NEEDS_RESET, no panic.
+/// Lay out `n` READ(10) chains of one block (LBA k % 8, LUN 1 of target 0)
+/// at descriptors 3k..3k+2, published at avail positions `start + k`
+/// (modulo the ring), as a driver whose indexes are about to wrap. Returns
+/// the response addresses.
+fn wrap_batch(s: &Setup, ring: &mut Ring<'_>, start: u16, n: u16, tag0: u64) -> Vec<u64> {
+    let cdb_size = usize::try_from(s.dev.controller().cdb_size()).unwrap();
+    let mut resps = Vec::new();
+    for k in 0..n {
+        let lba = u32::from(k % 8);
+        let hdr = req_header(
+            [1, 0, 0, 1, 0, 0, 0, 0],
+            tag0 + u64::from(k),
+            0,
+            &read10(lba, 1),
+            cdb_size,
+        );
+        let h = ring.alloc(u32::try_from(hdr.len()).unwrap());
+        ring.mem.write_slice(&hdr, GuestAddress(h)).unwrap();
+        let r = ring.alloc(12 + 96 + 512);
+        ring.mem
+            .write_slice(&[0xEE; 12 + 96 + 512], GuestAddress(r))
+            .unwrap();
+        let d = 3 * k;
+        let hl = u32::try_from(hdr.len()).unwrap();
+        let descs = [
+            SplitDescriptor::new(h, hl, F_NEXT, d + 1),
+            SplitDescriptor::new(r, 12 + 96, F_NEXT | F_WRITE, d + 2),
+            SplitDescriptor::new(r + 12 + 96, 512, F_WRITE, 0),
+        ];
+        for (i, desc) in descs.iter().enumerate() {
+            ring.vq
+                .desc_table()
+                .store(d + u16::try_from(i).unwrap(), RawDescriptor::from(*desc))
+                .unwrap();
+        }
+        let pos = start.wrapping_add(k);
+        ring.vq
+            .avail()
+            .ring()
+            .ref_at(usize::from(pos % QSIZE))
+            .unwrap()
+            .store(d);
+        resps.push(r);
+    }
+    ring.vq.avail().idx().store(start.wrapping_add(n));
+    resps
+}
+
+#[test]
+fn a_batch_across_index_wrap_completes_every_chain_in_order_with_one_interrupt() {
+    let s = setup();
+    let mem = memory();
+    let mut ring = Ring::new(&mem, 0x2000, HEAP);
+    // The mock puts the used ring over the avail ring's second half: give
+    // it its own page for batches of more than QSIZE/2.
+    ring.queue.set_used_ring_address(Some(0x8000), Some(0));
+    ring.queue.set_event_idx(true);
+    let used_event = GuestAddress(ring.vq.avail_addr().0 + 4 + 2 * u64::from(QSIZE));
+    let used = |i: u16| -> [u32; 2] {
+        mem.read_obj(GuestAddress(0x8000 + 4 + 8 * u64::from(i % QSIZE)))
+            .unwrap()
+    };
+    let used_idx = || mem.read_obj::<u16>(GuestAddress(0x8000 + 2)).unwrap();
+    let start = u16::MAX - 9;
+    ring.queue.set_next_avail(start);
+    ring.queue.set_next_used(start);
+    let p = s.dev.request_processor();
+    // 21 chains (the table holds 64 descriptors), indexes wrapping after 10;
+    // the driver asks for an interrupt when entry start + 20 is used.
+    let resps = wrap_batch(&s, &mut ring, start, 21, 0x100);
+    mem.write_obj(start.wrapping_add(20), used_event).unwrap();
+    let irq = RecordingInterrupt::default();
+    p.process_queue(&mem, &mut ring.queue, 2, &irq).unwrap();
+    let end = start.wrapping_add(21);
+    assert_eq!(used_idx(), end);
+    assert_eq!(
+        (ring.queue.next_avail(), ring.queue.next_used()),
+        (end, end)
+    );
+    for k in 0..21u16 {
+        assert_eq!(
+            used(start.wrapping_add(k)),
+            [u32::from(3 * k), 12 + 96 + 512],
+            "entry {k}"
+        );
+        let r = ring.read(resps[usize::from(k)], 12 + 96 + 512);
+        assert_eq!(&r[..12], &[0; 12], "chain {k}: OK, GOOD, no sense, resid 0");
+        assert_eq!(
+            &r[108..],
+            &expected_block(0, 1, usize::from(k % 8))[..],
+            "chain {k}"
+        );
+    }
+    assert_eq!(
+        irq.fired.lock().unwrap().as_slice(),
+        &[InterruptType::Queue(2)]
+    );
+    let tags: Vec<u64> =
+        s.t0.commands
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.tag)
+            .collect();
+    assert_eq!(
+        tags,
+        (0x100..0x100 + 21).collect::<Vec<u64>>(),
+        "in avail order"
+    );
+    // Next batch: used_event names an entry beyond it: no interrupt.
+    let resps = wrap_batch(&s, &mut ring, end, 5, 0x200);
+    mem.write_obj(end.wrapping_add(7), used_event).unwrap();
+    let irq = RecordingInterrupt::default();
+    p.process_queue(&mem, &mut ring.queue, 2, &irq).unwrap();
+    assert_eq!(used_idx(), end.wrapping_add(5));
+    assert!(
+        irq.fired.lock().unwrap().is_empty(),
+        "suppressed by used_event"
+    );
+    assert_eq!(&ring.read(resps[4], 12)[..], &[0; 12]);
+    // With EVENT_IDX the device publishes avail_event = next_avail when it
+    // re-enables notifications.
+    let avail_event = GuestAddress(0x8000 + 4 + 8 * u64::from(QSIZE));
+    assert_eq!(
+        mem.read_obj::<u16>(avail_event).unwrap(),
+        end.wrapping_add(5)
+    );
+    // A malformed chain in the middle of a batch: the chains before it
+    // complete, it is returned with length 0, the device needs reset and
+    // the driver is interrupted.
+    let at = end.wrapping_add(5);
+    wrap_batch(&s, &mut ring, at, 4, 0x300);
+    // Chain 2's last descriptor loops back to its first.
+    ring.vq
+        .desc_table()
+        .store(
+            8,
+            RawDescriptor::from(SplitDescriptor::new(0x10_0000, 8, F_WRITE | F_NEXT, 6)),
+        )
+        .unwrap();
+    let irq = RecordingInterrupt::default();
+    assert!(p.process_queue(&mem, &mut ring.queue, 2, &irq).is_err());
+    assert!(irq.needs_reset());
+    assert_eq!(
+        irq.fired.lock().unwrap().as_slice(),
+        &[InterruptType::Queue(2)]
+    );
+    assert_eq!(used_idx(), at.wrapping_add(3));
+    assert_eq!(used(at.wrapping_add(1))[1], 12 + 96 + 512);
+    assert_eq!(used(at.wrapping_add(2)), [6, 0]);
+    let last_tag = s.t0.commands.lock().unwrap().last().unwrap().tag;
+    assert_eq!(last_tag, 0x301, "chain 3 was not executed");
+}
+
 #[test]
 fn avail_index_beyond_queue_size_sets_needs_reset() {
     let s = setup();

@@ -13,7 +13,10 @@ use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 
 use scsi::target::{DataInSink, DataOutSource, DrainFn, FillFn};
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemoryBackend, Permissions, VolatileSlice};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+    Permissions, VolatileSlice,
+};
 
 use super::GuestMemory;
 
@@ -359,55 +362,149 @@ impl std::fmt::Debug for ChainWriter<'_> {
     }
 }
 
+/// Finds the guest-memory slices of descriptor buffers, remembering the
+/// region of the last one: a batch of chains whose buffers lie in the same
+/// region (the usual case) costs one region search.
+#[derive(Clone, Copy)]
+pub struct Resolver<'a> {
+    mem: &'a GuestMemory,
+    last: Option<&'a GuestRegionMmap<()>>,
+}
+
+impl<'a> Resolver<'a> {
+    /// A resolver over `mem` with nothing cached yet.
+    pub fn new(mem: &'a GuestMemory) -> Self {
+        Resolver { mem, last: None }
+    }
+
+    /// The guest memory resolved against.
+    pub fn memory(&self) -> &'a GuestMemory {
+        self.mem
+    }
+
+    /// `len` (> 0) bytes at `addr` as one slice, if they lie in one region.
+    pub fn slice(&mut self, addr: u64, len: usize) -> Option<VolatileSlice<'a>> {
+        let within = |r: &GuestRegionMmap<()>| {
+            let off = addr.checked_sub(r.start_addr().0)?;
+            let end = off.checked_add(u64::try_from(len).ok()?)?;
+            (end <= r.len()).then_some(off)
+        };
+        if let Some(r) = self.last {
+            if let Some(off) = within(r) {
+                return r.get_slice(MemoryRegionAddress(off), len).ok();
+            }
+        }
+        let r = self.mem.find_region(GuestAddress(addr))?;
+        self.last = Some(r);
+        let off = within(r)?;
+        r.get_slice(MemoryRegionAddress(off), len).ok()
+    }
+}
+
+/// Builds a chain's reader and writer from its descriptors, in order,
+/// checking its shape as they come: device-readable descriptors first, every
+/// buffer in guest memory, at most 4 GiB in all.
+pub struct ChainBuilder<'a> {
+    res: Resolver<'a>,
+    readable: Segments<'a>,
+    writable: Segments<'a>,
+    seen_write: bool,
+    total: u64,
+}
+
+impl<'a> ChainBuilder<'a> {
+    /// An empty chain over `res`'s memory.
+    pub fn new(res: Resolver<'a>) -> Self {
+        ChainBuilder {
+            res,
+            readable: Segments::new(),
+            writable: Segments::new(),
+            seen_write: false,
+            total: 0,
+        }
+    }
+
+    /// Add the buffer of one (non-indirect) descriptor.
+    pub fn push(&mut self, addr: u64, len: u32, write: bool) -> Result<(), ChainShapeError> {
+        self.total += u64::from(len);
+        if self.total > u64::from(u32::MAX) {
+            return Err(ChainShapeError::TooLong);
+        }
+        let ulen = usize::try_from(len).map_err(|_| ChainShapeError::TooLong)?;
+        let (segs, perm) = if write {
+            self.seen_write = true;
+            (&mut self.writable, Permissions::Write)
+        } else if self.seen_write {
+            return Err(ChainShapeError::Order);
+        } else {
+            (&mut self.readable, Permissions::Read)
+        };
+        if ulen == 0 {
+            return Ok(());
+        }
+        // Fast path: the buffer lies in one region; else walk the regions
+        // it spans.
+        if let Some(one) = self.res.slice(addr, ulen) {
+            segs.push(one);
+            return Ok(());
+        }
+        let slices =
+            vm_memory::GuestMemory::get_slices(self.res.mem, GuestAddress(addr), ulen, perm)
+                .map_err(|_| ChainShapeError::Memory)?;
+        for s in slices {
+            segs.push(s.map_err(|_| ChainShapeError::Memory)?);
+        }
+        Ok(())
+    }
+
+    /// The region cache, to carry over to the next chain.
+    pub fn resolver(&self) -> Resolver<'a> {
+        self.res
+    }
+
+    /// The reader over the device-readable buffers and the writer over the
+    /// device-writable ones.
+    pub fn finish(self) -> (ChainReader<'a>, ChainWriter<'a>) {
+        (
+            ChainReader(Cursor::new(self.readable)),
+            ChainWriter(Cursor::new(self.writable)),
+        )
+    }
+}
+
+impl std::fmt::Debug for Resolver<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resolver(cached: {})", self.last.is_some())
+    }
+}
+
+impl std::fmt::Debug for ChainBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ChainBuilder({} readable, {} writable bytes)",
+            self.readable.total, self.writable.total
+        )
+    }
+}
+
 /// Walk `chain` once: check its shape and resolve its buffers.
 pub fn split_chain<'a>(
     mem: &'a GuestMemory,
     chain: DescriptorChain<&'a GuestMemory>,
 ) -> Result<(ChainReader<'a>, ChainWriter<'a>), ChainShapeError> {
-    let mut readable = Segments::new();
-    let mut writable = Segments::new();
+    let mut b = ChainBuilder::new(Resolver::new(mem));
     let mut count = 0usize;
-    let mut seen_write = false;
     let mut last_has_next = false;
-    let mut total: u64 = 0;
     for d in chain {
         count += 1;
         last_has_next = d.has_next();
-        total += u64::from(d.len());
-        if total > u64::from(u32::MAX) {
-            return Err(ChainShapeError::TooLong);
-        }
-        let len = usize::try_from(d.len()).map_err(|_| ChainShapeError::TooLong)?;
-        let (segs, perm) = if d.is_write_only() {
-            seen_write = true;
-            (&mut writable, Permissions::Write)
-        } else if seen_write {
-            return Err(ChainShapeError::Order);
-        } else {
-            (&mut readable, Permissions::Read)
-        };
-        if len == 0 {
-            continue;
-        }
-        // Fast path: the buffer lies in one region (one lookup); else walk
-        // the regions it spans.
-        if let Ok(one) = GuestMemoryBackend::get_slice(mem, d.addr(), len) {
-            segs.push(one);
-            continue;
-        }
-        let slices = vm_memory::GuestMemory::get_slices(mem, d.addr(), len, perm)
-            .map_err(|_| ChainShapeError::Memory)?;
-        for s in slices {
-            segs.push(s.map_err(|_| ChainShapeError::Memory)?);
-        }
+        b.push(d.addr().0, d.len(), d.is_write_only())?;
     }
     if count == 0 || last_has_next {
         return Err(ChainShapeError::Structure);
     }
-    Ok((
-        ChainReader(Cursor::new(readable)),
-        ChainWriter(Cursor::new(writable)),
-    ))
+    Ok(b.finish())
 }
 
 #[cfg(test)]

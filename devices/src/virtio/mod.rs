@@ -10,6 +10,7 @@
 
 pub mod chain;
 pub mod pci;
+pub mod ring;
 pub mod scsi;
 
 use std::sync::Arc;

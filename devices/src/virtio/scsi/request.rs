@@ -16,7 +16,8 @@ use scsi::{Lun, Status};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use super::{Controller, TargetMap};
-use crate::virtio::chain::{split_chain, ChainShapeError};
+use crate::virtio::chain::{split_chain, ChainReader, ChainShapeError, ChainWriter, Resolver};
+use crate::virtio::ring::SplitRing;
 use crate::virtio::{GuestMemory, InterruptType, VirtioInterrupt};
 
 /// Fixed part of a command request, before the CDB.
@@ -182,9 +183,15 @@ impl RequestProcessor {
     ) -> Result<(), ChainError> {
         // One snapshot of the targets per batch: no lock per command.
         let targets = self.ctrl.targets();
-        drain_queue(mem, queue, index, irq, |chain| {
-            self.handle(&targets, mem, chain)
-        })
+        let mut res = Resolver::new(mem);
+        match SplitRing::new(&mut res, queue) {
+            Some(ring) => drain_ring(mem, queue, ring, res, index, irq, |rd, wr| {
+                self.execute(&targets, rd, wr)
+            }),
+            None => drain_queue(mem, queue, index, irq, |chain| {
+                self.handle(&targets, mem, chain)
+            }),
+        }
     }
 
     /// Execute one command chain; returns the used length.
@@ -202,7 +209,16 @@ impl RequestProcessor {
         mem: &GuestMemory,
         chain: DescriptorChain<&GuestMemory>,
     ) -> Result<u32, ChainError> {
-        let (mut reader, mut writer) = split_chain(mem, chain)?;
+        let (reader, writer) = split_chain(mem, chain)?;
+        self.execute(targets, reader, writer)
+    }
+
+    fn execute(
+        &self,
+        targets: &TargetMap,
+        mut reader: ChainReader<'_>,
+        mut writer: ChainWriter<'_>,
+    ) -> Result<u32, ChainError> {
         let sense_size = usize::try_from(self.ctrl.sense_size()).unwrap_or(0);
         let cdb_size = usize::try_from(self.ctrl.cdb_size()).unwrap_or(0).min(255);
         let hdr_len = REQ_HEADER_LEN + cdb_size;
@@ -354,6 +370,112 @@ pub fn delivery_response(failure: DeliveryFailure) -> u8 {
         DeliveryFailure::Overrun => response::OVERRUN,
         DeliveryFailure::Failure => response::FAILURE,
     }
+}
+
+/// Most chains taken from one read of the avail index before their used
+/// entries are published.
+const PUBLISH_EVERY: u16 = 64;
+
+/// Drain a queue through its resolved rings: each chain is walked and
+/// handed to `f` as a reader and a writer (`f` returns the used length);
+/// used entries are written as chains complete and published every
+/// [`PUBLISH_EVERY`] chains and at the end of each avail snapshot; one
+/// interrupt decision at the end. Notification suppression while draining
+/// and the final avail/used positions go through `queue`, which owns them.
+/// Same outcome as [`drain_queue`], without the per-access region searches.
+pub(crate) fn drain_ring<'m>(
+    mem: &'m GuestMemory,
+    queue: &mut Queue,
+    ring: SplitRing<'m>,
+    mut res: Resolver<'m>,
+    index: u16,
+    irq: &dyn VirtioInterrupt,
+    mut f: impl FnMut(ChainReader<'m>, ChainWriter<'m>) -> Result<u32, ChainError>,
+) -> Result<(), ChainError> {
+    let fail = |e: ChainError, irq: &dyn VirtioInterrupt| {
+        warn!("virtio-scsi: queue {index}: {e}; device needs reset");
+        irq.set_needs_reset();
+        e
+    };
+    let start_used = queue.next_used();
+    let mut next_avail = queue.next_avail();
+    let mut next_used = start_used;
+    let size = ring.size();
+    let memory_error = || ChainError::Queue("ring outside guest memory".into());
+    loop {
+        queue
+            .disable_notification(mem)
+            .map_err(|e| fail(ChainError::Queue(e.to_string()), irq))?;
+        loop {
+            let Some(avail) = ring.avail_idx() else {
+                return Err(fail(memory_error(), irq));
+            };
+            let pending = avail.wrapping_sub(next_avail);
+            if pending > size {
+                return Err(fail(
+                    ChainError::Queue(format!(
+                        "avail index {avail} is {pending} entries ahead of {next_avail}, queue size {size}"
+                    )),
+                    irq,
+                ));
+            }
+            if pending == 0 {
+                break;
+            }
+            let mut failed = None;
+            for i in 0..pending {
+                let Some(head) = ring.avail_head(next_avail) else {
+                    failed = Some(memory_error());
+                    break;
+                };
+                next_avail = next_avail.wrapping_add(1);
+                let r = ring
+                    .walk(&mut res, head)
+                    .map_err(ChainError::from)
+                    .and_then(|(rd, wr)| f(rd, wr));
+                let len = match r {
+                    Ok(len) => len,
+                    Err(e) => {
+                        failed = Some(e);
+                        0
+                    }
+                };
+                // A head outside the table gets no used entry (it names no
+                // chain); the error below resets the device anyway.
+                if head < size {
+                    if ring.put_used(next_used, head, len).is_none() {
+                        failed.get_or_insert_with(memory_error);
+                    }
+                    next_used = next_used.wrapping_add(1);
+                }
+                if failed.is_some() {
+                    break;
+                }
+                if (i + 1) % PUBLISH_EVERY == 0 && ring.publish_used(next_used).is_none() {
+                    failed = Some(memory_error());
+                    break;
+                }
+            }
+            if ring.publish_used(next_used).is_none() {
+                failed.get_or_insert_with(memory_error);
+            }
+            queue.set_next_avail(next_avail);
+            queue.set_next_used(next_used);
+            if let Some(e) = failed {
+                irq.trigger(InterruptType::Queue(index));
+                return Err(fail(e, irq));
+            }
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => return Err(fail(ChainError::Queue(e.to_string()), irq)),
+        }
+    }
+    if next_used != start_used && ring.needs_notification(start_used, next_used) {
+        irq.trigger(InterruptType::Queue(index));
+    }
+    Ok(())
 }
 
 /// Drain a queue with `f` (which returns each chain's used length), with
