@@ -76,6 +76,9 @@ pub fn create(
     let mut c = supported.clone();
     let tsc_khz = tsc_khz.or_else(|| vcpu.get_tsc_khz().ok().filter(|k| *k > 0));
     cpuid::patch(&mut c, id, count, tsc_khz);
+    if vm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        cpuid::set_tsc_deadline(&mut c);
+    }
     if !kvm_leaves {
         cpuid::remove_kvm_leaves(&mut c);
     }
