@@ -209,15 +209,15 @@ impl RequestProcessor {
         mem: &GuestMemory,
         chain: DescriptorChain<&GuestMemory>,
     ) -> Result<u32, ChainError> {
-        let (reader, writer) = split_chain(mem, chain)?;
-        self.execute(targets, reader, writer)
+        let (mut reader, mut writer) = split_chain(mem, chain)?;
+        self.execute(targets, &mut reader, &mut writer)
     }
 
     fn execute(
         &self,
         targets: &TargetMap,
-        mut reader: ChainReader<'_>,
-        mut writer: ChainWriter<'_>,
+        reader: &mut ChainReader<'_>,
+        writer: &mut ChainWriter<'_>,
     ) -> Result<u32, ChainError> {
         let sense_size = usize::try_from(self.ctrl.sense_size()).unwrap_or(0);
         let cdb_size = usize::try_from(self.ctrl.cdb_size()).unwrap_or(0).min(255);
@@ -282,11 +282,11 @@ impl RequestProcessor {
                 result = slot.target.execute(
                     &req,
                     DataOut {
-                        reader: &mut reader,
+                        reader: &mut *reader,
                         len: dout_cap,
                     },
                     DataIn {
-                        writer: &mut writer,
+                        writer: &mut *writer,
                         len: din_cap,
                     },
                 );
@@ -390,7 +390,7 @@ pub(crate) fn drain_ring<'m>(
     mut res: Resolver<'m>,
     index: u16,
     irq: &dyn VirtioInterrupt,
-    mut f: impl FnMut(ChainReader<'m>, ChainWriter<'m>) -> Result<u32, ChainError>,
+    mut f: impl FnMut(&mut ChainReader<'m>, &mut ChainWriter<'m>) -> Result<u32, ChainError>,
 ) -> Result<(), ChainError> {
     let fail = |e: ChainError, irq: &dyn VirtioInterrupt| {
         warn!("virtio-scsi: queue {index}: {e}; device needs reset");
@@ -432,7 +432,7 @@ pub(crate) fn drain_ring<'m>(
                 let r = ring
                     .walk(&mut res, head)
                     .map_err(ChainError::from)
-                    .and_then(|(rd, wr)| f(rd, wr));
+                    .and_then(|(mut rd, mut wr)| f(&mut rd, &mut wr));
                 let len = match r {
                     Ok(len) => len,
                     Err(e) => {
