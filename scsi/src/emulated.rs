@@ -337,6 +337,32 @@ impl ScsiTarget for EmulatedTarget {
             }
             _ => {}
         }
+        // This thread's last unit, when the map has not changed since: the
+        // command runs while the cache is borrowed (nothing moves in or out
+        // of it); a nested command on the thread would find it borrowed and
+        // take the map path.
+        let version = self.version.load(Ordering::Acquire);
+        let mut args = Some((data_out, data_in));
+        let hit = LAST_LU
+            .try_with(|c| {
+                let c = c.try_borrow().ok()?;
+                match &*c {
+                    Some((v, l, lu)) if *v == version && *l == req.lun => {
+                        let (dout, din) = args.take()?;
+                        Some(lu.execute(req, dout, din))
+                    }
+                    _ => None,
+                }
+            })
+            .ok()
+            .flatten();
+        if let Some(r) = hit {
+            return r;
+        }
+        let Some((data_out, mut data_in)) = args else {
+            // Unreachable: the arguments are only taken on a hit.
+            return Ok(Self::check(codes::INTERNAL_TARGET_FAILURE));
+        };
         match self.unit_for_command(req.lun) {
             Some((version, lu)) => {
                 let r = lu.execute(req, data_out, data_in);

@@ -50,7 +50,8 @@ pub(crate) struct Overlap;
 /// The outstanding commands of one I_T nexus on one logical unit.
 #[derive(Debug)]
 pub(crate) struct TaskSet {
-    slots: Box<[AtomicU64]>,
+    /// Inline (no separate allocation: one page less to touch per command).
+    slots: [AtomicU64; SLOTS],
     /// Tags not in a home slot: `true` once aborted.
     overflow: Mutex<FastMap<u64, bool>>,
     /// Entries of `overflow` (read without its lock).
@@ -60,7 +61,7 @@ pub(crate) struct TaskSet {
 impl Default for TaskSet {
     fn default() -> Self {
         TaskSet {
-            slots: (0..SLOTS).map(|_| AtomicU64::new(FREE)).collect(),
+            slots: [const { AtomicU64::new(FREE) }; SLOTS],
             overflow: Mutex::default(),
             overflow_len: AtomicUsize::new(0),
         }
