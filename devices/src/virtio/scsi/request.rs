@@ -245,10 +245,47 @@ impl RequestProcessor {
                 .map_err(|_| ChainError::Memory)?;
             return Ok(sat_u32(RESP_HEADER_LEN));
         }
-        let mut hdr = [0u8; REQ_HEADER_LEN + 255];
-        reader
-            .read_exact(&mut hdr[..hdr_len])
-            .map_err(|_| ChainError::Memory)?;
+        // The default CDB size (32) needs no more than a small buffer.
+        if hdr_len <= REQ_HEADER_LEN + 32 {
+            let mut hdr = [0u8; REQ_HEADER_LEN + 32];
+            reader
+                .read_exact(&mut hdr[..hdr_len])
+                .map_err(|_| ChainError::Memory)?;
+            self.run(
+                targets,
+                &hdr[..hdr_len],
+                resp_len,
+                sense_size,
+                reader,
+                writer,
+            )
+        } else {
+            let mut hdr = [0u8; REQ_HEADER_LEN + 255];
+            reader
+                .read_exact(&mut hdr[..hdr_len])
+                .map_err(|_| ChainError::Memory)?;
+            self.run(
+                targets,
+                &hdr[..hdr_len],
+                resp_len,
+                sense_size,
+                reader,
+                writer,
+            )
+        }
+    }
+
+    /// Run the command whose request header is `hdr` and complete its
+    /// response; returns the used length.
+    fn run(
+        &self,
+        targets: &TargetMap,
+        hdr: &[u8],
+        resp_len: usize,
+        sense_size: usize,
+        reader: &mut ChainReader<'_>,
+        writer: &mut ChainWriter<'_>,
+    ) -> Result<u32, ChainError> {
         // The response goes first in the writable buffers, data-in after it:
         // skip the response area, let the target write data-in, come back.
         let resp_pos = writer.position();
@@ -277,7 +314,7 @@ impl RequestProcessor {
                     lun,
                     tag,
                     attr: task_attr(hdr[16]),
-                    cdb: &hdr[REQ_HEADER_LEN..hdr_len],
+                    cdb: &hdr[REQ_HEADER_LEN..],
                 };
                 result = slot.target.execute(
                     &req,
