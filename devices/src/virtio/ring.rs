@@ -16,6 +16,7 @@
 
 use std::sync::atomic::{fence, Ordering};
 
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, VolatileMemory, VolatileSlice};
 
@@ -51,20 +52,20 @@ impl Table<'_> {
     /// Descriptor `i`, or `None` if it cannot be read.
     fn get(&self, i: u16) -> Option<Desc> {
         let off = usize::from(i) * DESC;
-        let raw: [u8; DESC] = match self {
-            // One bounds check and one 16-byte load.
-            Table::Slice(s) => s.get_ref::<[u8; DESC]>(off).ok()?.load(),
+        let d: SplitDescriptor = match self {
+            // One bounds check; the descriptor's fields are read as words
+            // (a byte array would be read byte by byte).
+            Table::Slice(s) => s.get_ref::<SplitDescriptor>(off).ok()?.load(),
             Table::Guest(mem, base) => {
                 let at = base.checked_add(u64::try_from(off).ok()?)?;
                 mem.read_obj(GuestAddress(at)).ok()?
             }
         };
-        let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = raw;
         Some(Desc {
-            addr: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
-            len: u32::from_le_bytes([l0, l1, l2, l3]),
-            flags: u16::from_le_bytes([f0, f1]),
-            next: u16::from_le_bytes([n0, n1]),
+            addr: d.addr().0,
+            len: d.len(),
+            flags: d.flags(),
+            next: d.next(),
         })
     }
 }
@@ -130,8 +131,7 @@ impl<'m> SplitRing<'m> {
     /// The head in avail ring position `pos` (taken modulo the size).
     pub fn avail_head(&self, pos: u16) -> Option<u16> {
         let at = 4 + 2 * usize::from(pos % self.size);
-        let b = self.avail.get_ref::<[u8; 2]>(at).ok()?.load();
-        Some(u16::from_le_bytes(b))
+        Some(u16::from_le(self.avail.get_ref::<u16>(at).ok()?.load()))
     }
 
     /// `used_event` (EVENT_IDX), after the avail ring's entries.
@@ -147,10 +147,9 @@ impl<'m> SplitRing<'m> {
     /// until [`Self::publish_used`].
     pub fn put_used(&self, pos: u16, head: u16, len: u32) -> Option<()> {
         let at = 4 + 8 * usize::from(pos % self.size);
-        let mut e = [0u8; 8];
-        e[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        e[4..].copy_from_slice(&len.to_le_bytes());
-        self.used.get_ref::<[u8; 8]>(at).ok()?.store(e);
+        // id then len, little-endian: one 8-byte store.
+        let e = u64::from(head) | (u64::from(len) << 32);
+        self.used.get_ref::<u64>(at).ok()?.store(e.to_le());
         Some(())
     }
 
