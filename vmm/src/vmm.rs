@@ -283,7 +283,7 @@ impl Vmm {
 
 /// This platform as the ACPI tables describe it, for direct kernel boot and
 /// for OVMF alike (the firmware crate's QEMU-"pc" tables: MADT with the
-/// IRQ 0 -> GSI 2 override, FADT with the PIIX4 PM blocks at 0x600 (preset
+/// IRQ 0 -> GSI 2 override, FADT with the PIIX4 PM blocks at 0xB000 (preset
 /// and enabled, so OVMF keeps it) and GPE0 at 0xAFE0, SCI 9, reset via
 /// 0xCF9, DSDT with `_PRT`, fw_cfg and `_S5`). PCI INTx in the `_PRT` names
 /// the GSIs the PIIX3 routes give now (10, 10, 11, 11 unless changed),
@@ -300,7 +300,7 @@ fn acpi_platform(
     let mmio64 = layout::mmio64_start(config.memory);
     AcpiPlatform {
         cpus: config.cpus,
-        pm_base: u16::try_from(layout::PM_IO_BASE).unwrap_or(0x600),
+        pm_base: u16::try_from(layout::PM_IO_BASE).unwrap_or(0xB000),
         gpe0_base: u16::try_from(devices::acpi::pm::GPE0_BASE).unwrap_or(0xAFE0),
         sci_irq: devices::acpi::pm::SCI_IRQ,
         pci_mmio32: (
