@@ -284,4 +284,193 @@ mod tests {
             assert!(accepted.load(Ordering::SeqCst) <= 1, "round {round}");
         }
     }
+
+    /// A backend whose reads wait at a gate until it opens.
+    #[derive(Debug)]
+    struct Gate {
+        inner: crate::MemBackend,
+        state: Mutex<(bool, u32)>,
+        cv: std::sync::Condvar,
+    }
+
+    impl Gate {
+        fn wait_blocked(&self, n: u32) {
+            let mut g = self.state.lock().expect("gate");
+            while g.1 < n {
+                g = self.cv.wait(g).expect("gate");
+            }
+        }
+        fn open(&self) {
+            self.state.lock().expect("gate").0 = true;
+            self.cv.notify_all();
+        }
+    }
+
+    impl crate::BlockBackend for Gate {
+        fn read_vectored_at(
+            &self,
+            bufs: &mut [std::io::IoSliceMut<'_>],
+            o: u64,
+        ) -> std::io::Result<()> {
+            let mut g = self.state.lock().expect("gate");
+            g.1 += 1;
+            self.cv.notify_all();
+            while !g.0 {
+                g = self.cv.wait(g).expect("gate");
+            }
+            drop(g);
+            self.inner.read_vectored_at(bufs, o)
+        }
+        fn write_vectored_at(
+            &self,
+            b: &[std::io::IoSlice<'_>],
+            o: u64,
+            f: bool,
+        ) -> std::io::Result<()> {
+            self.inner.write_vectored_at(b, o, f)
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, o: u64, l: u64) -> std::io::Result<()> {
+            self.inner.discard(o, l)
+        }
+        fn supports_discard(&self) -> bool {
+            false
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            self.inner.size()
+        }
+        fn is_shared(&self) -> bool {
+            false
+        }
+    }
+
+    /// (status, sense, data-in) of one command.
+    fn exec(
+        lu: &crate::Disk,
+        n: &crate::ItNexus,
+        tag: u64,
+        cdb: &[u8],
+    ) -> (crate::Status, Vec<u8>, Vec<u8>) {
+        use crate::LogicalUnit;
+        let req = crate::Request {
+            nexus: n,
+            lun: 0,
+            tag,
+            attr: crate::target::TaskAttr::Simple,
+            cdb,
+        };
+        let mut data = vec![0xEEu8; 512];
+        let mut sink: &mut [u8] = &mut data;
+        let mut src: &[u8] = &[];
+        let r = lu
+            .execute(
+                &req,
+                crate::DataOut {
+                    reader: &mut src,
+                    len: 0,
+                },
+                crate::DataIn {
+                    writer: &mut sink,
+                    len: 512,
+                },
+            )
+            .expect("transport");
+        data.truncate(r.data_in_len);
+        (r.status, r.sense, data)
+    }
+
+    /// Commands whose tags live in the overflow map (a tag with its top
+    /// bits set, a tag whose home slot a live command holds) are queried,
+    /// refused when overlapped and aborted like the others, through the
+    /// logical unit; the aborting TMF returns once they have left.
+    #[test]
+    fn overflow_tags_through_the_disk() {
+        use crate::target::{TaskMgmt, TmfResponse};
+        use crate::{LogicalUnit, Status};
+        let gate = std::sync::Arc::new(Gate {
+            inner: crate::MemBackend::new(1 << 20),
+            state: Mutex::new((false, 0)),
+            cv: std::sync::Condvar::new(),
+        });
+        let cfg = crate::DiskConfig::new(crate::DiskIdentity::from_text("tasks"));
+        let disk = crate::Disk::new(cfg, gate.clone(), None).expect("disk");
+        let n = crate::ItNexus {
+            initiator: crate::PortName::Naa(0x5000_0000_0000_0001u64.to_be_bytes()),
+            target: crate::TargetPort {
+                relative_id: 1,
+                name: crate::PortName::Naa(0x5001_4050_0000_0001u64.to_be_bytes()),
+            },
+        };
+        // TEST UNIT READY: opcode, 4 reserved bytes, CONTROL.
+        const TUR: [u8; 6] = [0x00, 0, 0, 0, 0, 0];
+        // READ(10): opcode, flags, LBA 0 (4 bytes), group, TRANSFER LENGTH
+        // 1 block (2 bytes), CONTROL.
+        const READ1: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        // The new nexus' POWER ON, RESET OR BUS DEVICE RESET OCCURRED: fixed
+        // format, UNIT ATTENTION, ADDITIONAL SENSE LENGTH 10, ASC/ASCQ 29/00.
+        let (st, sense, _) = exec(&disk, &n, 1, &TUR);
+        assert_eq!(st, Status::CheckCondition);
+        assert_eq!(
+            sense,
+            [0x70, 0, 0x06, 0, 0, 0, 0, 0x0A, 0, 0, 0, 0, 0x29, 0x00, 0, 0, 0, 0]
+        );
+        let home_tag = 5u64;
+        let colliding = (6..u64::from(u32::MAX))
+            .find(|&x| home(x) == home(home_tag))
+            .expect("a colliding tag");
+        let big = u64::MAX;
+        std::thread::scope(|s| {
+            let a = s.spawn(|| exec(&disk, &n, home_tag, &READ1));
+            gate.wait_blocked(1);
+            let b = s.spawn(|| exec(&disk, &n, colliding, &READ1));
+            gate.wait_blocked(2);
+            let c = s.spawn(|| exec(&disk, &n, big, &READ1));
+            gate.wait_blocked(3);
+            for tag in [home_tag, colliding, big] {
+                assert_eq!(
+                    disk.task_mgmt(&n, TaskMgmt::QueryTask(tag)),
+                    TmfResponse::Succeeded,
+                    "tag {tag:#x}"
+                );
+                // Overlapped: ABORTED COMMAND 4E/00 (fixed format, sense
+                // key 0x0B, ADDITIONAL SENSE LENGTH 10).
+                let (st, sense, data) = exec(&disk, &n, tag, &TUR);
+                assert_eq!(st, Status::CheckCondition);
+                assert_eq!(
+                    sense,
+                    [0x70, 0, 0x0B, 0, 0, 0, 0, 0x0A, 0, 0, 0, 0, 0x4E, 0x00, 0, 0, 0, 0]
+                );
+                assert!(data.is_empty());
+            }
+            // ABORT TASK SET returns only after the three have left.
+            let abort = s.spawn(|| disk.task_mgmt(&n, TaskMgmt::AbortTaskSet));
+            for _ in 0..5000 {
+                if disk.task_mgmt(&n, TaskMgmt::QueryTaskSet) == TmfResponse::Complete {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert_eq!(
+                disk.task_mgmt(&n, TaskMgmt::QueryTaskSet),
+                TmfResponse::Complete
+            );
+            assert!(!abort.is_finished());
+            gate.open();
+            assert_eq!(abort.join().expect("abort"), TmfResponse::Complete);
+            for h in [a, b, c] {
+                let (st, sense, data) = h.join().expect("command");
+                assert_eq!(st, Status::TaskAborted);
+                assert!(sense.is_empty() && data.is_empty());
+            }
+        });
+        // All tags are free again and a READ returns the block (zeros).
+        for tag in [home_tag, colliding, big] {
+            let (st, sense, data) = exec(&disk, &n, tag, &READ1);
+            assert_eq!(st, Status::Good);
+            assert!(sense.is_empty());
+            assert_eq!(data, vec![0u8; 512]);
+        }
+    }
 }
