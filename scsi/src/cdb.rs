@@ -329,12 +329,26 @@ pub struct Cdb<'a> {
 /// Find the command of `cdb` in the table and check its length. Reserved
 /// bits are checked separately by [`Cdb::check_reserved`], because a pending
 /// unit attention is reported before field errors.
+/// The first [`OPCODES`] entry of `opcode`, through an index by opcode
+/// (built on first use): a command touches one table entry instead of
+/// scanning the entries before it (cache lines that a 4 KiB copy between
+/// two commands may have evicted).
+fn first_entry(opcode: u8) -> Option<&'static OpInfo> {
+    static INDEX: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut t = [u16::MAX; 256];
+        // Backwards, so that the first entry of an opcode wins.
+        for (i, o) in OPCODES.iter().enumerate().rev() {
+            t[usize::from(o.opcode)] = u16::try_from(i).unwrap_or(u16::MAX);
+        }
+        t
+    });
+    OPCODES.get(usize::from(index[usize::from(opcode)]))
+}
+
 pub fn lookup(cdb: &[u8]) -> Result<Cdb<'_>, ParseError> {
     let opcode = *cdb.first().ok_or(ParseError::Empty)?;
-    let first = OPCODES
-        .iter()
-        .find(|o| o.opcode == opcode)
-        .ok_or(ParseError::InvalidOpcode(opcode))?;
+    let first = first_entry(opcode).ok_or(ParseError::InvalidOpcode(opcode))?;
     let need = first.usage.len();
     if cdb.len() < need {
         return Err(ParseError::TooShort {
@@ -444,6 +458,18 @@ pub fn group_cdb_len(opcode: u8) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opcode_index_finds_the_first_entry_of_every_opcode() {
+        for op in 0..=u8::MAX {
+            let linear = OPCODES.iter().find(|o| o.opcode == op);
+            assert_eq!(
+                first_entry(op).map(std::ptr::from_ref),
+                linear.map(std::ptr::from_ref),
+                "opcode {op:#04x}"
+            );
+        }
+    }
 
     #[test]
     fn table_is_consistent() {
