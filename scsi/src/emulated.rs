@@ -234,6 +234,8 @@ impl EmulatedTarget {
     }
 
     /// REPORT LUNS (SPC-4 6.33), answered by the target for any LUN.
+    #[cold]
+    #[inline(never)]
     fn report_luns(
         &self,
         c: &cdb::Cdb<'_>,
@@ -267,6 +269,8 @@ impl EmulatedTarget {
     }
 
     /// A command to a LUN without a logical unit.
+    #[cold]
+    #[inline(never)]
     fn absent_lun(
         &self,
         c: &cdb::Cdb<'_>,

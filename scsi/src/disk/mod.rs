@@ -336,6 +336,7 @@ impl Nexus {
 
     /// Run `f` on the rarely changed state, keeping `ua_pending` in step
     /// with its unit attention queue.
+    #[inline(never)]
     fn with<R>(&self, f: impl FnOnce(&mut NexusSlow) -> R) -> R {
         let mut s = self.lock();
         let r = f(&mut s);
@@ -597,17 +598,7 @@ impl Disk {
             .flatten();
         let ptr = match hit {
             Some(p) => p,
-            None => {
-                let arc = self.lock().registered(n).clone();
-                let p = Arc::as_ptr(&arc);
-                let _ = NEXUSES.try_with(|c| {
-                    if let Ok(mut c) = c.try_borrow_mut() {
-                        c.rotate_right(1);
-                        c[0] = Some((self.id, n.clone(), arc));
-                    }
-                });
-                p
-            }
+            None => self.nexus_uncached(n),
         };
         // SAFETY: `ptr` points into an `Arc<Nexus>` held by this disk's
         // `state.nexuses` (the cache only holds nexuses of the disk with the
@@ -615,6 +606,22 @@ impl Disk {
         // never removes a nexus from that map, so the `Nexus` lives at least
         // as long as `&self`.
         unsafe { &*ptr }
+    }
+
+    /// The state of `n` looked up under the LU's lock (registered if new),
+    /// then cached for this thread.
+    #[cold]
+    #[inline(never)]
+    fn nexus_uncached(&self, n: &ItNexus) -> *const Nexus {
+        let arc = self.lock().registered(n).clone();
+        let p = Arc::as_ptr(&arc);
+        let _ = NEXUSES.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.rotate_right(1);
+                c[0] = Some((self.id, n.clone(), arc));
+            }
+        });
+        p
     }
 
     /// Reservation conflict mask for a command of `nexus` (`None`: ask
@@ -734,6 +741,18 @@ impl Disk {
             ),
             _ => None,
         };
+        match info.cmd {
+            Cmd::Read6 | Cmd::Read10 | Cmd::Read12 | Cmd::Read16 => self.read(ctx),
+            Cmd::Write6 | Cmd::Write10 | Cmd::Write12 | Cmd::Write16 => self.write(ctx, false),
+            _ => self.run_other(ctx),
+        }
+    }
+
+    /// The commands other than READ and WRITE, kept out of line so that the
+    /// I/O path's code stays compact.
+    #[inline(never)]
+    fn run_other(&self, ctx: &mut Ctx<'_, '_, '_>) -> Res {
+        let info = ctx.cdb.info;
         match info.cmd {
             Cmd::TestUnitReady => Ok(Vec::new()),
             Cmd::RequestSense => self.request_sense(ctx),

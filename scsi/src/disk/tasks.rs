@@ -106,6 +106,14 @@ impl TaskSet {
                 return Ok(Place::Home(i));
             }
         }
+        self.insert_overflow(tag)
+    }
+
+    /// Enter `tag` in the overflow map (its home slot is taken, or it has
+    /// state bits set).
+    #[cold]
+    #[inline(never)]
+    fn insert_overflow(&self, tag: u64) -> Result<Place, Overlap> {
         {
             let mut m = self.overflow();
             if m.contains_key(&tag) {
@@ -131,15 +139,19 @@ impl TaskSet {
     pub(crate) fn remove(&self, tag: u64, place: Place) -> bool {
         match place {
             Place::Home(i) => self.slots[i].swap(FREE, Ordering::SeqCst) & STATE == ABORTED,
-            Place::Overflow => {
-                let mut m = self.overflow();
-                let aborted = m.remove(&tag);
-                if aborted.is_some() {
-                    self.overflow_len.fetch_sub(1, Ordering::SeqCst);
-                }
-                aborted.unwrap_or(false)
-            }
+            Place::Overflow => self.remove_overflow(tag),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn remove_overflow(&self, tag: u64) -> bool {
+        let mut m = self.overflow();
+        let aborted = m.remove(&tag);
+        if aborted.is_some() {
+            self.overflow_len.fetch_sub(1, Ordering::SeqCst);
+        }
+        aborted.unwrap_or(false)
     }
 
     /// Mark aborted every live task whose tag satisfies `which`.
