@@ -53,7 +53,8 @@ fn lab_arbiter_boots_linux_bzimage_to_init() {
     report.assert_passed();
     let vm = report.vm("linux");
     let log = report.log.display();
-    for check in ["modules", "boot"] {
+    // ACPI tables from arbiter's direct boot, read by Linux without errors.
+    for check in ["modules", "acpi", "boot"] {
         let r = vm
             .result(check)
             .unwrap_or_else(|| panic!("guest did not report {check} (log: {log})"));
@@ -229,12 +230,33 @@ fn lab_arbiter_ovmf_shell_fwcfg_kernel_and_virtio_scsi_esp() {
         return;
     };
     report.assert_passed();
-    assert_checks(&report, report.vm("ovmf-kernel"), &["modules", "boot"]);
+    assert_checks(
+        &report,
+        report.vm("ovmf-kernel"),
+        &["modules", "acpi", "boot"],
+    );
     assert_checks(
         &report,
         report.vm("ovmf-esp"),
-        &["modules", "boot", "disk_found", "sg_inq", "rw_block"],
+        &[
+            "modules",
+            "acpi",
+            "boot",
+            "disk_found",
+            "sg_inq",
+            "rw_block",
+        ],
     );
+    // The right memory size: --memory 256M, of which Linux's MemTotal is what
+    // the e820 map OVMF built from fw_cfg gives it, less the kernel itself.
+    for name in ["ovmf-kernel", "ovmf-esp"] {
+        let kb = field(report.vm(name), "boot", "mem_kb");
+        assert!(
+            (160.0 * 1024.0..=256.0 * 1024.0).contains(&kb),
+            "{name}: MemTotal {kb} kB for --memory 256M (log: {})",
+            report.log.display()
+        );
+    }
 }
 
 /// Scenario 3 as a cluster has it: two Linux VMs, two `arbiter` processes,

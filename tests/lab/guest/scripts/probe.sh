@@ -1,6 +1,7 @@
 # probe: a disk behind virtio-scsi is found by the kernel driver and answers
 # SCSI commands through sg3-utils. Arguments: none.
-lab_result boot pass kernel=$(uname -r) uptime=$(lab_uptime)
+lab_result boot pass kernel=$(uname -r) uptime=$(lab_uptime) \
+	mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)
 if [ -d /sys/bus/virtio/drivers/virtio_scsi ] && ls /sys/bus/virtio/drivers/virtio_scsi | grep -q virtio; then
 	lab_result virtio_scsi_bound pass
 else
