@@ -5,25 +5,8 @@
  * etc/e820 (checked against the PVH memory map), and that a DMA request
  * naming memory outside guest RAM is refused with the ERROR bit.
  */
-#include "guest.h"
+#include "fw_cfg_drv.h"
 
-#define FW_CFG_SEL 0x510
-#define FW_CFG_DATA 0x511
-#define FW_CFG_DMA_HI 0x514
-#define FW_CFG_DMA_LO 0x518
-
-#define DMA_ERROR 0x01
-#define DMA_READ 0x02
-#define DMA_SKIP 0x04
-#define DMA_SELECT 0x08
-
-struct dma_access {
-	u32 control;
-	u32 length;
-	u64 address;
-} __attribute__((packed, aligned(16)));
-
-static struct dma_access dma_req;
 static u8 buf_io[4096], buf_dma[4096];
 
 static void sel(u16 key) { outw(FW_CFG_SEL, key); }
@@ -34,46 +17,6 @@ static void read_io(u16 key, void *dst, u32 len)
 	sel(key);
 	for (u32 i = 0; i < len; i++)
 		d[i] = inb(FW_CFG_DATA);
-}
-
-static u32 be32(u32 v) { return __builtin_bswap32(v); }
-static u64 be64(u64 v) { return __builtin_bswap64(v); }
-
-/* Run one DMA request; returns the control word the device wrote back. */
-static u32 dma(u32 control, u64 address, u32 length)
-{
-	dma_req.control = be32(control);
-	dma_req.length = be32(length);
-	dma_req.address = be64(address);
-	barrier();
-	u64 at = (u64)&dma_req;
-	outl(FW_CFG_DMA_HI, be32((u32)(at >> 32)));
-	outl(FW_CFG_DMA_LO, be32((u32)at));
-	barrier();
-	return be32(dma_req.control);
-}
-
-static int find_file(const char *name, u16 *key, u32 *size)
-{
-	u32 count;
-	sel(0x19);
-	u8 b[64];
-	for (int i = 0; i < 4; i++)
-		b[i] = inb(FW_CFG_DATA);
-	count = ((u32)b[0] << 24) | ((u32)b[1] << 16) | ((u32)b[2] << 8) | b[3];
-	printf("fw_cfg: %u files\n", count);
-	for (u32 f = 0; f < count; f++) {
-		for (int i = 0; i < 64; i++)
-			b[i] = inb(FW_CFG_DATA);
-		u32 sz = ((u32)b[0] << 24) | ((u32)b[1] << 16) | ((u32)b[2] << 8) | b[3];
-		u16 k = (u16)((b[4] << 8) | b[5]);
-		printf("  %04x %8u %s\n", k, sz, (const char *)&b[8]);
-		if (strcmp((const char *)&b[8], name) == 0) {
-			*key = k;
-			*size = sz;
-		}
-	}
-	return *size != 0;
 }
 
 struct e820 {
@@ -94,23 +37,23 @@ u32 guest_main(struct hvm_start_info *si)
 
 	/* The same signature through DMA. */
 	memset(buf_dma, 0xEE, 8);
-	CHECK(dma((0u << 16) | DMA_SELECT | DMA_READ, (u64)buf_dma, 4) == 0);
+	CHECK(fwcfg_dma((0u << 16) | FW_CFG_DMA_SELECT | FW_CFG_DMA_READ, (u64)buf_dma, 4) == 0);
 	CHECK(memcmp(buf_dma, "QEMU", 4) == 0);
 
 	u16 key = 0;
 	u32 size = 0;
-	CHECK(find_file("etc/e820", &key, &size));
+	CHECK(fwcfg_find_file("etc/e820", &key, &size, 1));
 	CHECK(size % 20 == 0 && size <= sizeof(buf_io));
 	read_io(key, buf_io, size);
 	memset(buf_dma, 0, sizeof(buf_dma));
-	CHECK(dma(((u32)key << 16) | DMA_SELECT | DMA_READ, (u64)buf_dma, size) == 0);
+	CHECK(fwcfg_dma(((u32)key << 16) | FW_CFG_DMA_SELECT | FW_CFG_DMA_READ, (u64)buf_dma, size) == 0);
 	CHECK(memcmp(buf_io, buf_dma, size) == 0);
 
 	/* SKIP then READ lands on the second entry. */
 	if (size >= 40) {
 		u8 second[20];
-		CHECK(dma(((u32)key << 16) | DMA_SELECT | DMA_SKIP, 0, 20) == 0);
-		CHECK(dma(DMA_READ, (u64)second, 20) == 0);
+		CHECK(fwcfg_dma(((u32)key << 16) | FW_CFG_DMA_SELECT | FW_CFG_DMA_SKIP, 0, 20) == 0);
+		CHECK(fwcfg_dma(FW_CFG_DMA_READ, (u64)second, 20) == 0);
 		CHECK(memcmp(second, buf_io + 20, 20) == 0);
 	}
 
@@ -144,9 +87,9 @@ u32 guest_main(struct hvm_start_info *si)
 	CHECK(top_fw == top_pvh && top_fw != 0 && high_fw == high_pvh);
 
 	/* DMA to an address outside guest RAM: ERROR, and nothing breaks. */
-	u32 c = dma((0u << 16) | DMA_SELECT | DMA_READ, 0xFFFFFFFF0000ul, 4);
+	u32 c = fwcfg_dma((0u << 16) | FW_CFG_DMA_SELECT | FW_CFG_DMA_READ, 0xFFFFFFFF0000ul, 4);
 	printf("DMA outside RAM: control %x\n", c);
-	CHECK(c & DMA_ERROR);
+	CHECK(c & FW_CFG_DMA_ERROR);
 
 	printf("GUEST PASS\n");
 	return GUEST_EXIT_PASS;
