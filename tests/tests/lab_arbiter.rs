@@ -418,7 +418,8 @@ fn lab_two_arbiter_vms_on_two_lio_ports_of_one_real_lun() {
 /// timer; then the Debian guest boots with `--cpus 2,hyperv=on` to init
 /// with both CPUs and no panic. Linux ranks hypervisors by CPUID base, so
 /// with KVM's leaves at 0x40000100 it picks KVM (kvm-clock) over Hyper-V;
-/// with `kvm=off` it boots as a Hyper-V guest and uses the enlightenments.
+/// with `kvm=off` it boots as a Hyper-V guest:
+/// `lab_arbiter_linux_as_a_hyperv_guest_with_kvm_off`.
 #[test]
 fn lab_arbiter_hyperv_enlightenments() {
     let scenario = Scenario::new("arbiter_hyperv")
@@ -436,11 +437,6 @@ fn lab_arbiter_hyperv_enlightenments() {
             .timeout(Duration::from_secs(120)))
         .vm(Vm::arbiter("linux")
             .args(["--memory", "256M", "--cpus", "2,hyperv=on"])
-            .linux("boot,hyperv")
-            .expect_exit(None)
-            .timeout(Duration::from_secs(300)))
-        .vm(Vm::arbiter("linuxhv")
-            .args(["--memory", "256M", "--cpus", "2,hyperv=on,kvm=off"])
             .linux("boot,hyperv")
             .expect_exit(None)
             .timeout(Duration::from_secs(300)));
@@ -499,8 +495,32 @@ fn lab_arbiter_hyperv_enlightenments() {
             .any(|l| l.contains("Kernel panic") || l.contains("BUG:")),
         "log: {log}"
     );
-    // kvm=off: Linux finds only Hyper-V and uses it: TSC page clock
-    // source, TLB flush and IPI hypercalls, enlightened APIC.
+}
+
+/// `--cpus 2,hyperv=on,kvm=off`: Linux finds only Hyper-V and uses it: TSC
+/// page clock source, TLB flush and IPI hypercalls, enlightened APIC; 2 CPUs,
+/// no panic. Passes nested, but not reliably enough for CI: in about one boot
+/// in ten the nested lab host stops (its own heartbeat too) while the outer
+/// QEMU spins at 100 % CPU, i.e. the level-1 kernel no longer runs — not the
+/// known idle hang the runner retries. Where that comes from (QEMU's TCG SVM
+/// emulation with a Hyper-V guest at level 2, or level-1 KVM) is not settled;
+/// on a host with VMX/SVM the test runs directly.
+#[test]
+#[ignore = "nested lab host stalls (outer QEMU busy) in ~1 of 10 boots; run with --ignored"]
+fn lab_arbiter_linux_as_a_hyperv_guest_with_kvm_off() {
+    let scenario = Scenario::new("arbiter_hyperv_kvm_off").vm(Vm::arbiter("linuxhv")
+        .args(["--memory", "256M", "--cpus", "2,hyperv=on,kvm=off"])
+        .linux("boot,hyperv")
+        .expect_exit(None)
+        .timeout(Duration::from_secs(300)));
+    let Some(report) = run(
+        "lab_arbiter_linux_as_a_hyperv_guest_with_kvm_off",
+        &scenario,
+    ) else {
+        return;
+    };
+    let log = report.log.display();
+    report.assert_passed();
     let vm = report.vm("linuxhv");
     assert_checks(&report, vm, &["modules", "boot", "hyperv"]);
     for l in vm
