@@ -18,23 +18,30 @@ fn decode(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, buf)
 }
 
-#[test]
-fn ramfb_guest_picture_reaches_the_png_file() {
-    const TEST: &str = "ramfb_guest_picture_reaches_the_png_file";
-    if let Err(why) = kvm::available() {
-        return kvm::skip(TEST, &why);
-    }
+/// Run freestanding guest `guest` with `--display png=<tmp>/screen.png`
+/// (20 ms interval): its run and the PNG's path (in the returned dir).
+fn run_with_display(guest: &str) -> (Outcome, tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let png_path = dir.path().join("screen.png");
     let out = VmRun::new(env!("CARGO_BIN_EXE_arbiter"))
         .args(["run", "--memory", "64M", "--kernel"])
-        .args([guests::path("ramfb").to_string_lossy().into_owned()])
+        .args([guests::path(guest).to_string_lossy().into_owned()])
         .args([
             "--display",
             &format!("png={},interval=20", png_path.display()),
         ])
         .run()
         .unwrap();
+    (out, dir, png_path)
+}
+
+#[test]
+fn ramfb_guest_picture_reaches_the_png_file() {
+    const TEST: &str = "ramfb_guest_picture_reaches_the_png_file";
+    if let Err(why) = kvm::available() {
+        return kvm::skip(TEST, &why);
+    }
+    let (out, _dir, png_path) = run_with_display("ramfb");
     assert_eq!(
         out.status,
         Some(Outcome::guest_code(0x10)),
@@ -86,17 +93,7 @@ fn display_without_a_configured_framebuffer_writes_nothing() {
     if let Err(why) = kvm::available() {
         return kvm::skip(TEST, &why);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let png_path = dir.path().join("screen.png");
-    let out = VmRun::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["run", "--memory", "64M", "--kernel"])
-        .args([guests::path("hello").to_string_lossy().into_owned()])
-        .args([
-            "--display",
-            &format!("png={},interval=20", png_path.display()),
-        ])
-        .run()
-        .unwrap();
+    let (out, _dir, png_path) = run_with_display("hello");
     assert_eq!(
         out.status,
         Some(Outcome::guest_code(0x10)),
