@@ -245,34 +245,18 @@ impl RequestProcessor {
                 .map_err(|_| ChainError::Memory)?;
             return Ok(sat_u32(RESP_HEADER_LEN));
         }
-        // The default CDB size (32) needs no more than a small buffer.
-        if hdr_len <= REQ_HEADER_LEN + 32 {
-            let mut hdr = [0u8; REQ_HEADER_LEN + 32];
-            reader
-                .read_exact(&mut hdr[..hdr_len])
-                .map_err(|_| ChainError::Memory)?;
-            self.run(
-                targets,
-                &hdr[..hdr_len],
-                resp_len,
-                sense_size,
-                reader,
-                writer,
-            )
+        // The default CDB size (32) needs no more than a small buffer; the
+        // large one is only made (and zeroed) for a bigger driver cdb_size.
+        let mut small = [0u8; REQ_HEADER_LEN + 32];
+        let mut large;
+        let hdr: &mut [u8] = if hdr_len <= small.len() {
+            &mut small[..hdr_len]
         } else {
-            let mut hdr = [0u8; REQ_HEADER_LEN + 255];
-            reader
-                .read_exact(&mut hdr[..hdr_len])
-                .map_err(|_| ChainError::Memory)?;
-            self.run(
-                targets,
-                &hdr[..hdr_len],
-                resp_len,
-                sense_size,
-                reader,
-                writer,
-            )
-        }
+            large = [0u8; REQ_HEADER_LEN + 255];
+            &mut large[..hdr_len]
+        };
+        reader.read_exact(hdr).map_err(|_| ChainError::Memory)?;
+        self.run(targets, hdr, resp_len, sense_size, reader, writer)
     }
 
     /// Run the command whose request header is `hdr` and complete its
